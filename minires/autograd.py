@@ -1,0 +1,449 @@
+"""Reverse-mode automatic differentiation: Tensor, Function and the backward pass.
+
+A `Tensor` wraps an array (`.data`, NumPy or CuPy) and remembers the `Function` that made it
+(`.creator`). A `Function` computes on raw arrays in `forward` and maps upstream gradients to input
+gradients in `backward`; `Function.apply` does the graph bookkeeping, so an op never does.
+
+`Tensor.backward` visits the graph in reverse topological order. A tensor's gradient is complete when
+every op that consumed it has run its backward; only then its hooks fire and it moves on to its own
+creator. Leaves accumulate into `.grad` across calls, as in PyTorch: call `zero_grad` to clear.
+After a backward the graph's saved arrays are freed (unless ``retain_graph=True``); a second
+backward through it raises an error instead of giving a silent wrong answer.
+"""
+import contextlib
+import threading
+import weakref
+
+import numpy as np
+
+from . import backend
+
+_state = threading.local()
+
+
+def _get(name, default):
+    return getattr(_state, name, default)
+
+
+def is_grad_enabled():
+    return _get("grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run the block without recording a graph (evaluation, optimizer updates)."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@contextlib.contextmanager
+def scope(name):
+    """Tag every op created inside with `name` (nn.Module uses it to name layers in messages)."""
+    previous = _get("scope", "")
+    _state.scope = name
+    try:
+        yield
+    finally:
+        _state.scope = previous
+
+
+def current_scope():
+    return _get("scope", "")
+
+
+# --- observers: read-only callbacks that minires.inspect and anomaly mode plug into ----------------
+
+_forward_observers = []
+_backward_observers = []
+
+
+def add_forward_observer(fn):
+    """fn(function, input_tensors, output_array) after every op's forward. Returns a remover."""
+    _forward_observers.append(fn)
+    return lambda: _forward_observers.remove(fn)
+
+
+def add_backward_observer(fn):
+    """fn(function, grad_output, grad_inputs) after every op's backward. Returns a remover."""
+    _backward_observers.append(fn)
+    return lambda: _backward_observers.remove(fn)
+
+
+class RemovableHandle:
+    """Returned by register_hook: call .remove() to take the hook away."""
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)
+
+
+def _as_array(value, dtype=None, device=None):
+    """Turn array-likes into a NumPy/CuPy array; Python floats default to float32, ints to int64."""
+    if isinstance(value, Tensor):
+        array = value.data
+    elif backend.is_array(value):
+        array = value
+    elif isinstance(value, np.generic):  # a NumPy scalar, e.g. from arr.sum(): keep its dtype
+        array = np.asarray(value)
+    else:
+        array = np.asarray(value)
+        if dtype is None and array.dtype == np.float64:
+            array = array.astype(np.float32)
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        array = array.astype(dtype)
+    if device is not None:
+        array = backend.to_device(array, device)
+    return array
+
+
+class Tensor:
+    """An array plus what autograd needs: requires_grad, grad, the creator Function and hooks."""
+
+    __array_priority__ = 1000  # so `ndarray * Tensor` calls Tensor.__rmul__
+
+    def __init__(self, data, requires_grad=False):
+        if not backend.is_array(data):
+            data = _as_array(data)
+        self.data = data
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self.creator = None
+        self._hooks = []
+        self._retain_grad = False
+        self.name = None
+
+    # --- array facts -----------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def device(self):
+        return backend.device_of(self.data)
+
+    @property
+    def is_leaf(self):
+        return self.creator is None
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        where = "" if self.device == "cpu" else f", device='{self.device}'"
+        return f"tensor({backend.to_numpy(self.data)!r}{where}{grad})"
+
+    def numpy(self):
+        """A NumPy copy-free view (CPU) or a host copy (GPU) of the data."""
+        return backend.to_numpy(self.data)
+
+    def item(self):
+        return self.data.item()
+
+    def detach(self):
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def to(self, device):
+        """This tensor on `device` ('cpu' or 'cuda'); differentiable, like torch's .to."""
+        from .ops.shape import to_device
+
+        return to_device(self, device)
+
+    def astype(self, dtype):
+        return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
+
+    # --- gradients -------------------------------------------------------------------------------
+    def zero_grad(self):
+        self.grad = None
+
+    def retain_grad(self):
+        """Keep this intermediate tensor's gradient in `.grad` after backward."""
+        self._retain_grad = True
+        return self
+
+    def register_hook(self, hook):
+        """hook(grad: Tensor) -> Tensor or None, called when this tensor's gradient is complete.
+
+        Returning a Tensor replaces the gradient that flows on. Returns a handle with .remove().
+        """
+        self._hooks.append(hook)
+        return RemovableHandle(self._hooks, hook)
+
+    def backward(self, grad=None, retain_graph=False):
+        """Accumulate d(self)/d(leaf) * grad into every leaf's .grad (grad defaults to 1)."""
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require grad and has no graph")
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(
+                    f"backward: grad can be left out only for a single-element tensor, "
+                    f"this one has shape {self.shape}")
+            grad = backend.xp(self.data).ones_like(self.data)
+        else:
+            grad = _as_array(grad, dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
+        run_backward(self, grad, retain_graph)
+
+    # --- operators (defined in minires.ops; imported lazily to keep imports pointing down) --------
+    def __add__(self, other):
+        return _ops().add(self, other)
+
+    def __radd__(self, other):
+        return _ops().add(other, self)
+
+    def __sub__(self, other):
+        return _ops().sub(self, other)
+
+    def __rsub__(self, other):
+        return _ops().sub(other, self)
+
+    def __mul__(self, other):
+        return _ops().mul(self, other)
+
+    def __rmul__(self, other):
+        return _ops().mul(other, self)
+
+    def __truediv__(self, other):
+        return _ops().div(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops().div(other, self)
+
+    def __neg__(self):
+        return _ops().neg(self)
+
+    def __pow__(self, exponent):
+        return _ops().pow(self, exponent)
+
+    def __matmul__(self, other):
+        return _ops().matmul(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops().matmul(other, self)
+
+    def __getitem__(self, index):
+        return _ops().getitem(self, index)
+
+    def reshape(self, *shape):
+        return _ops().reshape(self, shape[0] if len(shape) == 1 else shape)
+
+    def transpose(self, *axes):
+        return _ops().transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    @property
+    def T(self):
+        return _ops().transpose(self)
+
+    def flatten(self, start_dim=0):
+        return _ops().flatten(self, start_dim)
+
+    def sum(self, axis=None, keepdims=False):
+        return _ops().sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops().mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return _ops().max(self, axis, keepdims)
+
+    def exp(self):
+        return _ops().exp(self)
+
+    def log(self):
+        return _ops().log(self)
+
+    def relu(self):
+        return _ops().relu(self)
+
+
+def _ops():
+    from . import functional
+
+    return functional
+
+
+def tensor(data, requires_grad=False, device=None, dtype=None):
+    """Make a Tensor from array-like data on `device` (default: env MINIRES_DEVICE or 'cpu').
+
+    Python floats become float32 and ints int64; NumPy/CuPy arrays keep their dtype unless `dtype`
+    is given.
+    """
+    device = backend.check_device(device) if device is not None else backend.default_device()
+    return Tensor(_as_array(data, dtype=dtype, device=device), requires_grad=requires_grad)
+
+
+def as_tensor(value, like=None):
+    """A Tensor for an op input: Tensors pass through, scalars take `like`'s dtype and device."""
+    if isinstance(value, Tensor):
+        return value
+    if backend.is_array(value):
+        return Tensor(value)
+    if like is not None and np.isscalar(value):
+        return Tensor(backend.xp(like.data).asarray(value, dtype=like.dtype))
+    return Tensor(_as_array(value))
+
+
+class Function:
+    """One differentiable op: `forward(*arrays) -> array` and `backward(grad) -> input grads`.
+
+    Subclasses set `name` (used in error messages), may define `check(*arrays)` to validate inputs
+    with a clear message, save what `backward` needs on `self`, and return one gradient per input
+    (a tuple when there are several; None for an input that needs none: `self.needs_input_grad`
+    says which do). Everything an op saves is released after backward.
+    """
+
+    name = "op"
+    differentiable_inputs = None  # indices of inputs that take gradients; None means all
+
+    def check(self, *arrays):
+        """Validate input shapes/dtypes; raise ValueError/TypeError naming the op and the shapes."""
+
+    def apply(self, *inputs):
+        tensors = [as_tensor(x) for x in inputs]
+        arrays = [t.data for t in tensors]
+        _check_devices(self.name, arrays)
+        _check_float_dtypes(self.name, arrays)
+        self.check(*arrays)
+        self.needs_input_grad = tuple(t.requires_grad and self._takes_grad(i)
+                                      for i, t in enumerate(tensors))
+        output = self.forward(*arrays)
+        result = Tensor(output)
+        if is_grad_enabled() and any(self.needs_input_grad):
+            result.requires_grad = True
+            result.creator = self
+            self._inputs = tensors
+            self._output = weakref.ref(result)
+            self._scope = current_scope()
+        for observer in _forward_observers:
+            observer(self, tensors, output)
+        return result
+
+    def _takes_grad(self, index):
+        return self.differentiable_inputs is None or index in self.differentiable_inputs
+
+    def _release(self):
+        """Drop saved arrays and settings; only the graph links stay, so reuse is detected."""
+        keep = {"_inputs", "_output", "_scope"}
+        for key in [k for k in self.__dict__ if k not in keep]:
+            del self.__dict__[key]
+        self._freed = True
+
+    def layer(self):
+        """The module path the op ran in ('' at top level), for error messages."""
+        return getattr(self, "_scope", "")
+
+    def forward(self, *arrays):  # pragma: no cover - every op overrides it
+        raise TypeError(f"{type(self).__name__} defines no forward")
+
+    def backward(self, grad):  # pragma: no cover - every op overrides it
+        raise TypeError(f"{type(self).__name__} defines no backward")
+
+
+def _check_devices(name, arrays):
+    devices = [backend.device_of(a) for a in arrays]
+    if len(set(devices)) > 1:
+        where = ", ".join(f"input {i} {tuple(a.shape)} on {d}"
+                          for i, (a, d) in enumerate(zip(arrays, devices)))
+        raise ValueError(f"{name}: inputs are on different devices ({where}); move them with .to()")
+
+
+def _check_float_dtypes(name, arrays):
+    floats = {a.dtype for a in arrays if a.dtype.kind == "f"}
+    if len(floats) > 1:
+        where = ", ".join(f"input {i} {tuple(a.shape)} {a.dtype}" for i, a in enumerate(arrays))
+        raise TypeError(f"{name}: inputs have different float dtypes ({where}); cast with .astype()")
+
+
+# --- the backward pass -----------------------------------------------------------------------------
+
+def _topological_functions(root):
+    """Functions reachable from `root`, each after every Function that consumes its outputs."""
+    order, visited = [], set()
+    stack = [(root.creator, False)]
+    while stack:
+        fn, expanded = stack.pop()
+        if expanded:
+            order.append(fn)
+            continue
+        if id(fn) in visited:
+            continue
+        visited.add(id(fn))
+        stack.append((fn, True))
+        for t in getattr(fn, "_inputs", ()):
+            if t.creator is not None and id(t.creator) not in visited:
+                stack.append((t.creator, False))
+    order.reverse()  # postorder reversed: consumers first
+    return order
+
+
+def _finish_gradient(tensor, grad):
+    """Run the tensor's hooks on its complete gradient; keep it if asked. Returns the gradient."""
+    for hook in tensor._hooks:
+        replaced = hook(Tensor(grad))
+        if replaced is not None:
+            grad = replaced.data if isinstance(replaced, Tensor) else replaced
+    if tensor._retain_grad and tensor.creator is not None:
+        tensor.grad = Tensor(grad if tensor.grad is None else tensor.grad.data + grad)
+    return grad
+
+
+def run_backward(root, grad, retain_graph=False):
+    """Propagate `grad` from `root` to every leaf that requires grad."""
+    if root.creator is None:  # a leaf: the gradient of itself
+        _accumulate_leaf(root, _finish_gradient(root, grad))
+        return
+    pending = {id(root.creator): grad}  # gradient of each Function's output, summed over consumers
+    leaves = {}
+    for fn in _topological_functions(root):
+        if getattr(fn, "_freed", False):
+            raise RuntimeError(
+                f"backward: {fn.name} (layer '{fn.layer()}') was already freed by an earlier "
+                "backward; call backward(retain_graph=True) the first time to go through it twice")
+        grad_output = pending.pop(id(fn), None)
+        if grad_output is None:
+            continue
+        output = fn._output()
+        if output is not None:
+            grad_output = _finish_gradient(output, grad_output)
+        grad_inputs = fn.backward(grad_output)
+        grad_inputs = grad_inputs if isinstance(grad_inputs, tuple) else (grad_inputs,)
+        for observer in _backward_observers:
+            observer(fn, grad_output, grad_inputs)
+        for x, gx in zip(fn._inputs, grad_inputs):
+            if gx is None or not x.requires_grad:
+                continue
+            if x.creator is None:
+                key = id(x)
+                leaves[key] = (x, gx if key not in leaves else leaves[key][1] + gx)
+            else:
+                key = id(x.creator)
+                pending[key] = gx if key not in pending else pending[key] + gx
+        if not retain_graph:
+            fn._release()
+    for x, g in leaves.values():
+        _accumulate_leaf(x, _finish_gradient(x, g))
+
+
+def _accumulate_leaf(leaf, grad):
+    leaf.grad = Tensor(grad if leaf.grad is None else leaf.grad.data + grad)

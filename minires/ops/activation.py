@@ -1,0 +1,57 @@
+"""Elementwise nonlinearities: relu sigmoid tanh."""
+from .. import backend
+from ..autograd import Function
+from ._checks import require_float
+
+
+class _Elementwise(Function):
+    def check(self, x):
+        require_float(self.name, x=x)
+
+
+class ReLU(_Elementwise):
+    """y = max(x, 0);  dx = gy * [x > 0]"""
+    name = "relu"
+
+    def forward(self, x):
+        self.mask = x > 0
+        return x * self.mask
+
+    def backward(self, gy):
+        return gy * self.mask
+
+
+class Sigmoid(_Elementwise):
+    """y = 1 / (1 + e^-x), computed as (1 + tanh(x/2)) / 2 so it never overflows;  dx = gy * y(1-y)"""
+    name = "sigmoid"
+
+    def forward(self, x):
+        self.y = 0.5 * (backend.xp(x).tanh(0.5 * x) + 1)
+        return self.y
+
+    def backward(self, gy):
+        return gy * self.y * (1 - self.y)
+
+
+class Tanh(_Elementwise):
+    """y = tanh x;  dx = gy * (1 - y^2)"""
+    name = "tanh"
+
+    def forward(self, x):
+        self.y = backend.xp(x).tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (1 - self.y * self.y)
+
+
+def relu(x):
+    return ReLU().apply(x)
+
+
+def sigmoid(x):
+    return Sigmoid().apply(x)
+
+
+def tanh(x):
+    return Tanh().apply(x)
