@@ -221,7 +221,7 @@ def load_cifar10(root=None, download=True, progress=True, md5=MD5):
     folder, archive = root / FOLDER_NAME, root / ARCHIVE_NAME
     if not _has_all_files(folder):
         if not archive.is_file():
-            _fetch(archive, root, download, progress)
+            _fetch(archive, root, download, progress)  # `download` here is the flag
         if md5 is not None:
             verify_md5(archive, md5)
         safe_extract(archive, root)

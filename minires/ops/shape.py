@@ -129,6 +129,17 @@ class Concat(Function):
         return tuple(backend.xp(gy).split(gy, cuts, axis=self.axis))
 
 
+class Identity(Function):
+    """y = x;  dx = gy. A graph node that changes nothing, where a hook needs its own tensor."""
+    name = "identity"
+
+    def forward(self, x):
+        return x
+
+    def backward(self, gy):
+        return gy
+
+
 class ToDevice(Function):
     """y = x copied to another device;  dx = gy copied back"""
     name = "to"
@@ -172,6 +183,10 @@ def flatten(x, start_dim=1):
         raise ValueError(f"flatten: start_dim {start_dim} is out of range for x: {tuple(shape)}")
     start_dim %= max(1, len(shape))
     return Reshape(tuple(shape[:start_dim]) + (-1,)).apply(x)
+
+
+def identity(x):
+    return Identity().apply(x)
 
 
 def to_device(x, device):
