@@ -7,6 +7,7 @@ from . import backend, functional
 from .autograd import Function, Tensor, no_grad, tensor
 from .backend import gpu_available
 from .gradcheck import gradcheck
+from .inspect.anomaly import detect_anomaly
 
 __version__ = "0.1.0"
 
@@ -17,4 +18,4 @@ def manual_seed(seed):
 
 
 __all__ = ["Tensor", "Function", "tensor", "no_grad", "functional", "gradcheck", "backend",
-           "gpu_available", "manual_seed"]
+           "gpu_available", "manual_seed", "detect_anomaly"]

@@ -1,0 +1,224 @@
+"""Record, without changing a number, what the gradient does inside a network.
+
+`record(model)` is a context manager. While it is open, one forward and backward are observed
+through module hooks, tensor hooks and autograd's read-only observers:
+
+- per layer (every Conv2d and Linear): the norm of dL/d(input activation), which is what vanishes
+  or explodes; the norm of dL/dW; the mean and std of the layer's output and of the batch norm that
+  follows it (Figure 7 of He et al. 2015: std of each conv's BN output, before the ReLU);
+- per block: the norm of dL/d(block input), for plain and residual blocks alike;
+- per residual add, the "+1" split. With g = dL/dy arriving at y = shortcut(x) + F(x):
+      dL/dx = shortcut part + branch part,  shortcut part = g for an identity shortcut,
+      Ws^T g (through its BN) for a projection, the un-padded, un-strided g for option A;
+      branch part = (dF/dx)^T g.
+  The split is taken where the two paths part (the shortcut's input: x itself, or relu(bn1(x)) in
+  a pre-activation block with a projection).
+"""
+import numpy as np
+
+from .. import autograd, backend
+from ..nn import BasicBlock, BatchNorm2d, Conv2d, Linear, PreActBlock
+from ..ops.residual import ResidualAdd
+
+BLOCK_TYPES = (BasicBlock, PreActBlock)
+
+
+def _norm(array):
+    return float(backend.xp(array).linalg.norm(array.ravel().astype("float64")))
+
+
+def _cosine(a, b):
+    xp = backend.xp(a)
+    a, b = a.ravel().astype("float64"), b.ravel().astype("float64")
+    denominator = float(xp.linalg.norm(a) * xp.linalg.norm(b))
+    return float(a @ b) / denominator if denominator > 0 else float("nan")
+
+
+def shortcut_kind(block):
+    """'identity', 'A' (zero-pad), 'projection', or 'none' for a plain block."""
+    if not getattr(block, "residual", False):
+        return "none"
+    name = type(block.downsample).__name__
+    return {"Identity": "identity", "PadChannels": "A"}.get(name, "projection")
+
+
+class _BlockRecord:
+    """What one block saw in one forward/backward."""
+
+    def __init__(self, path, block):
+        self.path, self.block = path, block
+        self.input = None        # the block's input tensor x
+        self.split_point = None  # the tensor both paths read (x, or relu(bn1(x)) for pre-act+proj)
+        self.add = None          # the ResidualAdd Function of this block
+        self.stats = {"block": path, "kind": type(block).__name__,
+                      "shortcut": shortcut_kind(block)}
+        self.parts = {"shortcut": [], "branch": []}
+        self.arrays = {}
+
+
+class Recorder:
+    """Collects per-layer and per-block gradient statistics; use via `record(model)`."""
+
+    def __init__(self, model, keep_arrays=False):
+        self.model, self.keep_arrays = model, keep_arrays
+        self.layers, self.blocks = [], []
+        self._layer_rows, self._handles, self._removers = {}, [], []
+        self._last_conv = None
+        self._by_path, self._by_add, self._by_split_point = {}, {}, {}
+
+    # --- setup -----------------------------------------------------------------------------------
+    def __enter__(self):
+        for path, module in self.model.named_modules():
+            if isinstance(module, (Conv2d, Linear)):
+                self._watch_layer(path, module)
+            elif isinstance(module, BatchNorm2d):
+                self._handles.append(module.register_forward_hook(self._on_batch_norm))
+            elif isinstance(module, BLOCK_TYPES):
+                self._watch_block(path, module)
+        self._removers.append(autograd.add_forward_observer(self._on_forward))
+        self._removers.append(autograd.add_backward_observer(self._on_backward))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        for remove in self._removers:
+            remove()
+        self._finish()
+        return False
+
+    def _watch_layer(self, path, module):
+        row = {"layer": path, "type": type(module).__name__, "index": len(self._layer_rows)}
+        self._layer_rows[path] = (row, module)
+
+        def on_forward(_module, inputs, output):
+            x = inputs[0]
+            row["output_mean"] = float(output.data.mean())
+            row["output_std"] = float(output.data.std())
+            self._last_conv = (output, row)
+            if x.requires_grad:
+                x.register_hook(lambda g: row.__setitem__("input_grad_norm", _norm(g.data)))
+        self._handles.append(module.register_forward_hook(on_forward))
+
+    def _on_batch_norm(self, _module, inputs, output):
+        """Figure 7's quantity: the BN output right after a conv, before any ReLU."""
+        if self._last_conv is not None and inputs[0] is self._last_conv[0]:
+            row = self._last_conv[1]
+            row["bn_output_mean"] = float(output.data.mean())
+            row["bn_output_std"] = float(output.data.std())
+
+    def _watch_block(self, path, block):
+        record = _BlockRecord(path, block)
+        self.blocks.append(record)
+        self._by_path[path] = record
+
+        def on_block_input(_module, inputs):
+            record.input = inputs[0]
+            if inputs[0].requires_grad:
+                inputs[0].register_hook(lambda g: self._on_block_input_grad(record, g))
+
+        def on_block_output(_module, _inputs, output):
+            if self.keep_arrays:
+                record.arrays["output"] = output.data
+            if output.requires_grad:
+                output.register_hook(lambda g: self._on_block_output_grad(record, g))
+
+        self._handles.append(block.register_forward_pre_hook(on_block_input))
+        self._handles.append(block.register_forward_hook(on_block_output))
+        if record.stats["shortcut"] != "none":
+            def on_shortcut_input(_module, inputs):
+                record.split_point = inputs[0]
+                record.stats["split_at"] = "input" if inputs[0] is record.input else "pre-activation"
+                self._by_split_point[id(inputs[0])] = record
+            self._handles.append(block.downsample.register_forward_pre_hook(on_shortcut_input))
+
+    # --- observers -------------------------------------------------------------------------------
+    def _on_forward(self, fn, inputs, _output):
+        record = self._by_path.get(autograd.current_scope())
+        if record is not None and isinstance(fn, ResidualAdd):
+            record.add = fn
+            self._by_add[id(fn)] = record
+
+    def _on_block_input_grad(self, record, grad):
+        record.stats["input_grad_norm"] = _norm(grad.data)
+        if self.keep_arrays:
+            record.arrays["input_grad"] = grad.data
+
+    def _on_block_output_grad(self, record, grad):
+        record.stats["output_grad_norm"] = _norm(grad.data)
+        if self.keep_arrays:
+            record.arrays["output_grad"] = grad.data
+
+    def _on_backward(self, fn, grad_output, grad_inputs):
+        record = self._by_add.get(id(fn))
+        if record is not None:
+            record.arrays["add_grad"] = grad_output
+        for i, x in enumerate(fn._inputs):
+            record = self._by_split_point.get(id(x))
+            if record is not None and x is record.split_point and grad_inputs[i] is not None:
+                self._classify(record, fn, i, grad_inputs[i])
+
+    def _classify(self, record, fn, index, grad):
+        """A gradient reaching the split point came through the shortcut or through the branch."""
+        on_shortcut = (fn is record.add and index == 0) or fn.layer().startswith(
+            record.path + ".downsample")
+        record.parts["shortcut" if on_shortcut else "branch"].append(grad)
+
+    # --- results ---------------------------------------------------------------------------------
+    def _finish(self):
+        for path, (row, module) in self._layer_rows.items():
+            if module.weight.grad is not None:
+                row["weight_grad_norm"] = _norm(module.weight.grad.data)
+            self.layers.append(row)
+        self.layers.sort(key=lambda r: r["index"])
+        for record in self.blocks:
+            if record.add is not None and "add_grad" in record.arrays:
+                self._split_stats(record)
+        self.block_stats = [r.stats for r in self.blocks]
+
+    def _split_stats(self, record):
+        g = record.arrays["add_grad"]
+        shortcut = _sum(record.parts["shortcut"])
+        branch = _sum(record.parts["branch"])
+        total = shortcut + branch
+        stats = record.stats
+        stats["add_grad_norm"] = _norm(g)
+        stats["shortcut_grad_norm"] = _norm(shortcut)
+        stats["branch_grad_norm"] = _norm(branch)
+        stats["total_grad_norm"] = _norm(total)
+        stats["shortcut_ratio"] = stats["shortcut_grad_norm"] / max(stats["total_grad_norm"], 1e-300)
+        stats["cosine"] = _cosine(shortcut, branch)
+        stats["shortcut_is_g"] = bool(shortcut.shape == g.shape and
+                                      backend.xp(g).array_equal(shortcut, g))
+        if self.keep_arrays:
+            record.arrays.update(shortcut=shortcut, branch=branch, total=total)
+
+    def arrays(self, block_path):
+        """The kept arrays (keep_arrays=True) of one block: add_grad (g), shortcut, branch, total,
+        input_grad, output (the block's output value) and output_grad."""
+        for record in self.blocks:
+            if record.path == block_path:
+                return record.arrays
+        raise KeyError(f"no residual block at {block_path!r}")
+
+    def summary(self):
+        """Ratio of dL/dx norms at the first block's input and the last block's input."""
+        norms = [b.get("input_grad_norm") for b in self.block_stats]
+        if len(norms) < 2 or None in (norms[0], norms[-1]):
+            return float("nan")
+        return norms[0] / norms[-1]
+
+
+def _sum(parts):
+    if not parts:
+        raise RuntimeError("record: no gradient reached a residual block's split point")
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def record(model, keep_arrays=False):
+    """Context manager: `with record(model) as rec: loss.backward()`; then rec.layers,
+    rec.block_stats, rec.summary(). keep_arrays keeps each block's gradient arrays for checks."""
+    return Recorder(model, keep_arrays)
