@@ -91,6 +91,9 @@ def cifar_resnet(depth, residual=True, preact=False, shortcut="A", num_classes=1
     n = cifar_block_count(depth, bottleneck)
     if preact and not residual:
         raise ValueError("cifar_resnet: a pre-activation net is residual by definition")
+    if bottleneck and (preact or not residual):
+        raise ValueError("cifar_resnet: bottleneck blocks come only residual and post-activation "
+                         "(bottleneck=True with preact=True or residual=False is not built)")
     if bottleneck:
         block = Bottleneck
     elif preact:

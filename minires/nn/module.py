@@ -30,8 +30,13 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before "
                                  f"assigning attributes ({name})")
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self._buffers[name] = value  # as torch: a registered buffer stays one (and in state)
+            return
         for registry in (self._parameters, self._modules, self._buffers):
             registry.pop(name, None)
+        if isinstance(value, (Parameter, Module)):
+            self.__dict__.pop(name, None)  # else an earlier plain value (None) would shadow it
         if isinstance(value, Parameter):
             self._parameters[name] = value
         elif isinstance(value, Module):
@@ -96,7 +101,8 @@ class Module:
 
         grad_input holds the gradient of each input *through this module only* (as torch's full
         backward hook). Inputs pass through an identity op while hooks exist, so their gradient from
-        other consumers (a shortcut, say) is not mixed in.
+        other consumers (a shortcut, say) is not mixed in. When no input needs a gradient (an image
+        into the first conv), the hook still fires, with grad_input (None, ...), as in torch.
         """
         self._backward_hooks.append(hook)
         return RemovableHandle(self._backward_hooks, hook)
@@ -113,6 +119,9 @@ class Module:
 
         def on_output(grad):
             grads["output"] = grad
+            if not watched:  # no input needs a gradient (an image into conv1): fire now, as torch
+                for hook in self._backward_hooks:
+                    hook(self, (None,) * len(inputs), (grad,))
 
         def on_input(index):
             def record(grad):

@@ -1,0 +1,65 @@
+"""The `minires` command (also `python -m minires`): one subcommand per entry of SUBCOMMANDS.
+
+    minires train --data synthetic --epochs 2 --out runs/demo
+    minires train --help
+
+Each subcommand lives in its own module, which defines two functions (named in its entry):
+
+    add_arguments(parser)   add the subcommand's options to its argparse parser
+    run(args) -> int        do the work, return the exit code; raise SystemExit("message") for a
+                            user error (a bad option value, missing data), so no traceback shows
+
+Adding a subcommand is one line in SUBCOMMANDS below, for example
+    Command("report", "minires.report", "add_arguments", "run", "write a report"),
+Modules are imported lazily: `minires --help` imports none of them, `minires train ...` imports
+only minires.train.
+"""
+import argparse
+import importlib
+import sys
+from typing import NamedTuple
+
+
+class Command(NamedTuple):
+    """A subcommand: its name, the module that implements it, that module's two functions (by
+    name), and the one-line help shown by `minires --help`."""
+    name: str
+    module: str
+    add_arguments: str
+    run: str
+    help: str
+
+
+SUBCOMMANDS = (
+    Command("gradients", "minires.inspect.command", "add_arguments", "run",
+            "plain vs residual gradient norms per layer and the +1 split, at initialisation"),
+    Command("train", "minires.train", "add_arguments", "run_command",
+            "train a network on CIFAR-10 or synthetic data (the paper's recipe by default)"),
+)
+
+
+def main(argv=None):
+    """Parse `argv` (default: sys.argv[1:]), run the chosen subcommand, return its exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((c for c in SUBCOMMANDS if argv and argv[0] == c.name), None)
+    parser = build_parser(chosen)
+    args = parser.parse_args(argv)
+    if chosen is None:  # `minires` alone: list the commands
+        parser.print_help()
+        return 2
+    return getattr(importlib.import_module(chosen.module), chosen.run)(args)
+
+
+def build_parser(chosen=None):
+    """The parser with every subcommand listed; only `chosen` gets its options (and its import)."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="minires", description="minires: residual networks from scratch, for teaching.")
+    parser.add_argument("--version", action="version", version=f"minires {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for command in SUBCOMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        if command is chosen:
+            getattr(importlib.import_module(command.module), command.add_arguments)(sub)
+    return parser
