@@ -14,11 +14,15 @@ class ReLU(_Elementwise):
     name = "relu"
 
     def forward(self, x):
+        # BEGIN SOLUTION
         self.mask = x > 0
         return x * self.mask
+        # END SOLUTION
 
     def backward(self, gy):
+        # BEGIN SOLUTION
         return gy * self.mask
+        # END SOLUTION
 
 
 class Sigmoid(_Elementwise):

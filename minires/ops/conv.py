@@ -28,6 +28,7 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
     The loop runs over the kh*kw kernel offsets only; each step copies one strided slice of the
     whole batch.
     """
+    # BEGIN SOLUTION
     xp = backend.xp(x)
     (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
     n, c, h, w = x.shape
@@ -39,10 +40,12 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
         for j in range(kw):
             cols[:, :, i, j] = x[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx]
     return cols
+    # END SOLUTION
 
 
 def col2im(cols, x_shape, stride, padding):
     """(N, C, kh, kw, OH, OW) -> (N, C, H, W): the adjoint of im2col; overlapping windows add up."""
+    # BEGIN SOLUTION
     xp = backend.xp(cols)
     n, c, kh, kw, oh, ow = cols.shape
     (sy, sx), (py, px) = stride, padding
@@ -52,6 +55,7 @@ def col2im(cols, x_shape, stride, padding):
         for j in range(kw):
             out[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += cols[:, :, i, j]
     return out[:, :, py:py + h, px:px + w]
+    # END SOLUTION
 
 
 def _window_settings(op, x, kernel, stride, padding):
@@ -91,6 +95,7 @@ class Conv2d(Function):
             self.name, x, w.shape[2:], self.stride_arg, self.padding_arg)
 
     def forward(self, x, w, b=None):
+        # BEGIN SOLUTION
         n, out_channels = x.shape[0], w.shape[0]
         cols = im2col(x, self.kernel, self.stride, self.padding)  # (N, C, kh, kw, OH, OW)
         oh, ow = cols.shape[4:]
@@ -99,8 +104,10 @@ class Conv2d(Function):
         y = w.reshape(out_channels, -1) @ self.cols               # (N, OC, OH*OW)
         y = y.reshape(n, out_channels, oh, ow)
         return y if b is None else y + b.reshape(1, -1, 1, 1)
+        # END SOLUTION
 
     def backward(self, gy):
+        # BEGIN SOLUTION
         n, out_channels, oh, ow = gy.shape
         gy = gy.reshape(n, out_channels, oh * ow)                 # (N, OC, OH*OW)
         w2 = self.w.reshape(out_channels, -1)                     # (OC, C*kh*kw)
@@ -112,6 +119,7 @@ class Conv2d(Function):
         if len(self.needs_input_grad) == 2:
             return gx, gw
         return gx, gw, gy.sum(axis=(0, 2))
+        # END SOLUTION
 
 
 class _Pool(Function):

@@ -53,19 +53,24 @@ class BatchNorm(Function):
                              f"(x: {tuple(x.shape)})")
 
     def forward(self, x, gamma, beta):
+        # BEGIN SOLUTION
         axes = _channel_axes(x)
         if self.training:
             mean, var = x.mean(axis=axes), x.var(axis=axes)
             self._update_running(mean, var, x.size // x.shape[1])
         else:
-            mean, var = self.running_mean, self.running_var
+            # in x's dtype: float64 buffers must not turn a float32 forward into float64
+            mean, var = (self.running_mean.astype(x.dtype, copy=False),
+                         self.running_var.astype(x.dtype, copy=False))
         self.inv_std = 1 / backend.xp(x).sqrt(var + self.eps)
         self.xhat = (x - _per_channel(mean, x)) * _per_channel(self.inv_std, x)
         self.gamma, self.axes = gamma, axes
         return _per_channel(gamma, x) * self.xhat + _per_channel(beta, x)
+        # END SOLUTION
 
     def _update_running(self, mean, var, count):
         """In place, so the module's buffers see it; variance unbiased by count / (count - 1)."""
+        # BEGIN SOLUTION
         m = self.momentum
         if self.running_mean is not None:
             self.running_mean *= 1 - m
@@ -73,8 +78,10 @@ class BatchNorm(Function):
         if self.running_var is not None:
             self.running_var *= 1 - m
             self.running_var += m * var * (count / (count - 1))
+        # END SOLUTION
 
     def backward(self, gy):
+        # BEGIN SOLUTION
         xhat, axes = self.xhat, self.axes
         ggamma = (gy * xhat).sum(axis=axes)
         gbeta = gy.sum(axis=axes)
@@ -89,6 +96,7 @@ class BatchNorm(Function):
             else:
                 gx = dxhat * inv_std
         return gx, ggamma, gbeta
+        # END SOLUTION
 
 
 def _array(v):

@@ -21,10 +21,14 @@ class ResidualAdd(Function):
                              "pad_channels shortcut where the block changes shape")
 
     def forward(self, shortcut, branch):
+        # BEGIN SOLUTION
         return shortcut + branch
+        # END SOLUTION
 
     def backward(self, gy):
+        # BEGIN SOLUTION
         return gy, gy
+        # END SOLUTION
 
 
 class PadChannels(Function):

@@ -1,0 +1,296 @@
+"""Tests for minires.assignments: the student workspaces, the grader and `minires assignment`.
+
+One marker per assignment, so a teacher can run one: `pytest -m assignment_conv` (also
+assignment_batchnorm, assignment_residual). For each assignment: the untouched workspace scores 0,
+the reference (a `--with-solutions` workspace) scores full marks, and a planted bug loses exactly
+its part. A planted bug is code appended to a reference workspace file, so it keeps working when
+minires' ops change. Crashes, infinite loops and wrong shapes are planted in im2col.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minires.assignments import all_assignments, grade, gradescope_results, load_workspace
+from minires.assignments.registry import Target
+from minires.assignments.workspace import BEGIN, END, make_workspace, stub_source
+from minires.cli import main
+from minires.ops import norm
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED, TIMEOUT = 20240501, 10.0
+MARKS = {name: getattr(pytest.mark, f"assignment_{name}") for name in all_assignments()}
+
+
+def each_assignment():
+    return [pytest.param(name, marks=MARKS[name], id=name) for name in all_assignments()]
+
+
+def scores(directory, timeout=TIMEOUT):
+    """{part: PartResult} of a seeded grading run."""
+    _, results = grade(directory, seed=SEED, timeout=timeout)
+    return {r.name: r for r in results}
+
+
+def reference_workspace(tmp_path, name, bug_file=None, bug=""):
+    """A workspace with minires' own solutions, with `bug` appended to `bug_file`."""
+    make_workspace(name, tmp_path, with_solutions=True)
+    if bug_file is not None:
+        path = tmp_path / bug_file
+        path.write_text(path.read_text() + "\n\n# planted by the test\n" + textwrap.dedent(bug))
+    return tmp_path
+
+
+def assert_only_failing(results, failing):
+    """The parts in `failing` score 0; every other part scores full marks."""
+    assert {name for name, r in results.items() if r.score < r.max_score} == set(failing), \
+        {name: r.output for name, r in results.items()}
+    assert all(results[name].score == 0 for name in failing)
+
+
+# --- the three outcomes every assignment must get right ------------------------------------------
+
+@pytest.mark.parametrize("name", each_assignment())
+def test_untouched_workspace_scores_zero(tmp_path, name):
+    make_workspace(name, tmp_path)
+    results = scores(tmp_path)
+    assert sum(r.score for r in results.values()) == 0
+    for r in results.values():
+        assert r.verdict.startswith("NotImplementedError: TODO:"), r.output
+        assert re.search(r"\n +at \w+\.py, line \d+, in ", r.output)  # in the student's file
+
+
+@pytest.mark.parametrize("name", each_assignment())
+def test_reference_scores_full_marks(tmp_path, name):
+    results = scores(reference_workspace(tmp_path, name))
+    assert_only_failing(results, [])
+    assert sum(r.score for r in results.values()) == all_assignments()[name].points
+
+
+COL2IM_WITH_EQUALS = """
+import numpy as np
+
+def col2im(cols, x_shape, stride, padding):
+    n, c, kh, kw, oh, ow = cols.shape
+    (sy, sx), (py, px), (h, w) = stride, padding, x_shape[2:]
+    out = np.zeros((n, c, h + 2 * py, w + 2 * px), dtype=cols.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            out[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] = cols[:, :, i, j]  # `=`, not `+=`
+    return out[:, :, py:py + h, px:px + w]
+"""
+
+BATCHNORM_WITHOUT_VARIANCE_TERM = """
+import numpy as np
+
+_forward, _backward = BatchNorm.forward, BatchNorm.backward
+
+def _forward_keeping_x(self, x, gamma, beta):
+    self.planted = x, gamma
+    return _forward(self, x, gamma, beta)
+
+def _backward_without_variance_term(self, gy):
+    dx, dgamma, dbeta = _backward(self, gy)
+    if self.training:  # add back the term through the variance: it is now missing
+        x, gamma = self.planted
+        axes, shape = (0,) if x.ndim == 2 else (0, 2, 3), (1, -1) + (1,) * (x.ndim - 2)
+        inv_std = (1 / np.sqrt(x.var(axis=axes) + self.eps)).reshape(shape)
+        xhat = (x - x.mean(axis=axes).reshape(shape)) * inv_std
+        dxhat_xhat = (gy * gamma.reshape(shape) * xhat).sum(axis=axes).reshape(shape)
+        dx = dx + inv_std * xhat * dxhat_xhat / (x.size // x.shape[1])
+    return dx, dgamma, dbeta
+
+BatchNorm.forward, BatchNorm.backward = _forward_keeping_x, _backward_without_variance_term
+"""
+
+RELU_GRADIENT_ONE_AT_ZERO = """
+_forward = ReLU.forward
+
+def _forward_with_mask_at_zero(self, x):
+    self.planted_mask = x >= 0  # relu'(0) taken as 1
+    return _forward(self, x)
+
+ReLU.forward = _forward_with_mask_at_zero
+ReLU.backward = lambda self, gy: gy * self.planted_mask
+"""
+
+RESIDUAL_ADD_HALF_TO_BRANCH = """
+ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
+"""
+
+
+@pytest.mark.parametrize("name, file, bug, failing, message", [
+    pytest.param("conv", "conv.py", COL2IM_WITH_EQUALS, ["col2im"],
+                 "FAIL  3x3 kernel, stride 1, padding 1 (overlapping windows)\n"
+                 "      x: first wrong element at index", marks=MARKS["conv"],
+                 id="conv-col2im-equals"),
+    pytest.param("batchnorm", "norm.py", BATCHNORM_WITHOUT_VARIANCE_TERM, ["backward_train"],
+                 "dx: first wrong element at index", marks=MARKS["batchnorm"],
+                 id="batchnorm-no-variance-term"),
+    pytest.param("residual", "activation.py", RELU_GRADIENT_ONE_AT_ZERO, ["relu_backward"],
+                 "FAIL  x of shape (2, 3, 4, 4) with exact zeros (relu'(0) = 0)",
+                 marks=MARKS["residual"], id="residual-relu-at-zero"),
+    pytest.param("residual", "residual.py", RESIDUAL_ADD_HALF_TO_BRANCH,
+                 ["residual_add_backward", "basic_block_backward"], "dbranch: first wrong element",
+                 marks=MARKS["residual"], id="residual-add-backward-reaches-the-block"),
+])
+def test_planted_bug_loses_exactly_its_part(tmp_path, name, file, bug, failing, message):
+    results = scores(reference_workspace(tmp_path, name, file, bug))
+    assert_only_failing(results, failing)
+    output = results[failing[0]].output
+    assert message in output, output
+    assert "got " in output and "expected " in output
+
+
+@pytest.mark.assignment_conv
+def test_col2im_with_equals_passes_the_2x2_stride_2_case(tmp_path):
+    output = scores(reference_workspace(tmp_path, "conv", "conv.py", COL2IM_WITH_EQUALS))[
+        "col2im"].output
+    assert output.startswith("ok    2x2 kernel, stride 2, no padding\nFAIL  3x3 kernel")
+
+
+@pytest.mark.assignment_batchnorm
+def test_missing_variance_term_would_pass_a_sum_of_outputs_check(tmp_path):
+    """Why the grader uses a random upstream gradient: with gy all ones this bug is invisible."""
+    student = load_workspace(reference_workspace(tmp_path, "batchnorm", "norm.py",
+                                                 BATCHNORM_WITHOUT_VARIANCE_TERM), ["norm.py"])
+    x = 3 + 2 * np.random.default_rng(0).standard_normal((4, 3, 2, 2))
+    gamma, beta, ones = np.full(3, 1.5), np.zeros(3), np.ones_like(x)
+    dx = []
+    for module in (student.norm, norm):
+        op = module.BatchNorm(None, None, True, 0.1, 1e-5)
+        op.apply(x, gamma, beta)
+        op.needs_input_grad = (True, True, True)
+        dx.append(op.backward(ones)[0])
+    np.testing.assert_allclose(dx[0], dx[1], atol=1e-12)
+
+
+# --- student code that misbehaves costs its part only ---------------------------------------------
+
+@pytest.mark.assignment_conv
+@pytest.mark.parametrize("bug, message", [
+    ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    while True:\n        pass\n",
+     "timed out after 3 s"),
+    ("from minires.ops.conv import im2col as _reference_im2col\n\n"
+     "def im2col(x, kernel, stride, padding, pad_value=0.0):\n"
+     "    cols = _reference_im2col(x, kernel, stride, padding, pad_value)\n"
+     "    return cols.reshape(cols.shape[0], -1, cols.shape[4] * cols.shape[5])\n",
+     "cols: wrong shape: got (2, 12, 4), expected (2, 3, 2, 2, 2, 2)"),
+    ("import os\n\ndef im2col(x, kernel, stride, padding, pad_value=0.0):\n    os._exit(3)\n",
+     "died (exit code 3)"),
+    ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    return x[5]\n",
+     "IndexError: index 5 is out of bounds"),
+], ids=["infinite-loop", "wrong-shape", "process-dies", "exception"])
+def test_misbehaving_part_costs_that_part_only(tmp_path, bug, message):
+    results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=3)
+    assert_only_failing(results, ["im2col"])
+    assert message in results["im2col"].verdict, results["im2col"].output
+    assert "FAIL  2x2 kernel, stride 2, no padding" in results["im2col"].output
+
+
+# --- the workspace -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", each_assignment())
+def test_workspace_files_are_stubbed_with_absolute_imports(tmp_path, name):
+    assignment = all_assignments()[name]
+    make_workspace(name, tmp_path)
+    sources = {f: (tmp_path / f).read_text() for f in assignment.files}
+    for source in sources.values():
+        assert "from ." not in source and "from minires.autograd import Function" in source
+        assert BEGIN not in source and END not in source
+    for part in assignment.parts:
+        for qualname in part.uses:
+            assert f'raise NotImplementedError("TODO: {qualname}; see the docstring")' in \
+                "".join(sources.values())
+    modules = load_workspace(tmp_path, assignment.files)
+    assert "Function" in {base.__name__ for m in vars(modules).values()
+                          for c in vars(m).values() if isinstance(c, type) for base in c.__mro__}
+    assert "minires assignment grade" in (tmp_path / "README.md").read_text()
+
+
+def test_a_target_without_solution_markers_is_an_error():
+    source = 'def f(x):\n    """The answer."""\n    return x\n'
+    with pytest.raises(ValueError, match="m.py: f: expected one '# BEGIN SOLUTION' line"):
+        stub_source(source, [Target("m.py", "f", "TODO: f")], "m.py")
+
+
+def test_loading_a_workspace_leaves_imports_alone(tmp_path):
+    make_workspace("conv", tmp_path, with_solutions=True)
+    path, modules = list(sys.path), set(sys.modules)
+    student = load_workspace(tmp_path, ["conv.py"])
+    assert sys.path == path and set(sys.modules) == modules
+    import minires.ops.conv
+
+    assert student.conv is not minires.ops.conv
+    assert student.conv.__file__ == str(tmp_path / "conv.py")
+
+
+def test_make_does_not_overwrite_a_students_work(tmp_path):
+    make_workspace("conv", tmp_path)
+    with pytest.raises(SystemExit, match="not overwriting"):
+        make_workspace("conv", tmp_path)
+
+
+@pytest.mark.assignment_residual
+def test_compare_script_runs_on_the_students_ops(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), MINIRES_DEVICE="cpu")
+    untouched, solved = tmp_path / "untouched", tmp_path / "solved"
+    make_workspace("residual", untouched)
+    make_workspace("residual", solved, with_solutions=True)
+    run = [sys.executable, "compare_gradients.py", "8"]
+    failed = subprocess.run(run, cwd=untouched, env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "TODO: ReLU.forward" in failed.stderr
+    done = subprocess.run(run, cwd=solved, env=env, capture_output=True, text=True, check=True)
+    assert "plain-8" in done.stdout and "residual-8" in done.stdout and "ratio" in done.stdout
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+def test_cli_list(capsys):
+    assert main(["assignment", "list"]) == 0
+    out = capsys.readouterr().out
+    for a in all_assignments().values():
+        assert f"{a.number}. {a.name}" in out and all(p.name in out for p in a.parts)
+
+
+@pytest.mark.assignment_conv
+def test_cli_make_and_grade_write_gradescope_results(tmp_path, capsys):
+    workspace, results_json = tmp_path / "hw1", tmp_path / "results.json"
+    assert main(["assignment", "make", "conv", "--out", str(workspace)]) == 0
+    grade_args = ["assignment", "grade", str(workspace), "--json", str(results_json), "--seed",
+                  str(SEED), "--timeout", str(TIMEOUT)]
+    assert main(grade_args) == 1
+    out = capsys.readouterr().out
+    assert f"seed {SEED}" in out
+    assert [line.split() for line in out.splitlines() if line.startswith("total")] == [
+        ["total", "0", "/", "10"]]
+    results = json.loads(results_json.read_text())
+    assert set(results) == {"score", "tests"} and results["score"] == 0
+    for test in results["tests"]:
+        assert set(test) == {"name", "score", "max_score", "output"}
+        assert isinstance(test["output"], str) and test["score"] == 0 < test["max_score"]
+    make_workspace("conv", workspace, with_solutions=True, force=True)
+    assert main(grade_args + ["--part", "col2im"]) == 0
+    results = json.loads(results_json.read_text())
+    assert results == gradescope_results(grade(workspace, seed=SEED, parts=["col2im"])[1])
+    assert results["score"] == 2 and [t["name"] for t in results["tests"]] == ["col2im"]
+
+
+def test_cli_grade_errors(tmp_path):
+    with pytest.raises(SystemExit, match="no assignment.json"):
+        main(["assignment", "grade", str(tmp_path)])
+    make_workspace("conv", tmp_path)
+    with pytest.raises(SystemExit, match="has no part 'nope'"):
+        main(["assignment", "grade", str(tmp_path), "--part", "nope"])
+
+
+def test_fresh_seed_every_run(tmp_path):
+    make_workspace("residual", tmp_path)
+    seeds = {grade(tmp_path, parts=["relu_forward"])[0] for _ in range(3)}
+    assert len(seeds) == 3
