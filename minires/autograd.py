@@ -200,7 +200,7 @@ class Tensor:
                     f"this one has shape {self.shape}")
             grad = backend.xp(self.data).ones_like(self.data)
         else:
-            grad = _as_array(grad, dtype=self.dtype)
+            grad = _as_array(grad, dtype=self.dtype, device=self.device)  # NumPy grad, GPU tensor
             if grad.shape != self.shape:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
         run_backward(self, grad, retain_graph)
@@ -323,8 +323,8 @@ class Function:
         tensors = [as_tensor(x) for x in inputs]
         arrays = [t.data for t in tensors]
         _check_devices(self.name, arrays)
+        self.check(*arrays)  # before the dtype match: "labels must be integer" says more
         _check_float_dtypes(self.name, arrays)
-        self.check(*arrays)
         self.needs_input_grad = tuple(t.requires_grad and self._takes_grad(i)
                                       for i, t in enumerate(tensors))
         output = self.forward(*arrays)

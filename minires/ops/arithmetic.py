@@ -3,6 +3,8 @@
 With broadcasting, an input of shape (C, 1) may meet one of shape (N, C, H): its gradient is the
 upstream gradient summed back down to (C, 1) (`sum_to`).
 """
+import numpy as np
+
 from .. import backend
 from ..autograd import Function, Tensor, as_tensor
 from ._checks import require_float
@@ -25,7 +27,7 @@ class _Binary(Function):
     def check(self, a, b):
         require_float(self.name, a=a, b=b)
         try:
-            backend.xp(a).broadcast_shapes(a.shape, b.shape)
+            np.broadcast_shapes(a.shape, b.shape)  # shape arithmetic: NumPy's, on any device
         except ValueError:
             raise ValueError(f"{self.name}: shapes {tuple(a.shape)} and {tuple(b.shape)} "
                              "do not broadcast") from None

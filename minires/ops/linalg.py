@@ -1,4 +1,6 @@
 """Matrix products: matmul (with batch broadcasting) and linear (y = x W^T + b, torch's layout)."""
+import numpy as np
+
 from ..autograd import Function
 from ._checks import require_float, require_ndim, shapes
 from .arithmetic import sum_to
@@ -15,6 +17,11 @@ class MatMul(Function):
         if a.shape[-1] != b.shape[-2]:
             raise ValueError(f"matmul: a has {a.shape[-1]} columns but b has {b.shape[-2]} rows "
                              f"({shapes(a=a, b=b)})")
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        except ValueError:
+            raise ValueError(f"matmul: batch axes {tuple(a.shape[:-2])} and {tuple(b.shape[:-2])} "
+                             f"do not broadcast ({shapes(a=a, b=b)})") from None
 
     def forward(self, a, b):
         self.a, self.b = a, b

@@ -48,7 +48,8 @@ class CrossEntropy(Function):
                              f"({shapes(logits=logits, labels=labels)})")
         if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
             raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
-                             f"{int(labels.min())}..{int(labels.max())}")
+                             f"{int(labels.min())}..{int(labels.max())} "
+                             f"({shapes(logits=logits, labels=labels)})")
 
     def forward(self, logits, labels):
         xp = backend.xp(logits)

@@ -67,7 +67,7 @@ class Max(_Reduce):
         return y if self.keepdims else y.squeeze(self.axes)
 
     def backward(self, gy):
-        ties = self.mask.sum(axis=self.axes, keepdims=True)
+        ties = self.mask.sum(axis=self.axes, keepdims=True, dtype=gy.dtype)  # not int: keeps float32
         gy = gy.reshape(ties.shape) if gy.ndim < self.mask.ndim else gy
         return self.mask * (gy / ties)
 

@@ -88,7 +88,7 @@ class Pad(Function):
             widths = tuple((int(a), int(b)) for a, b in self.pad_width)
         except (TypeError, ValueError):
             raise TypeError(f"pad: pad_width must be one (before, after) pair per axis, "
-                            f"got {self.pad_width!r}") from None
+                            f"got {self.pad_width!r} for x: {tuple(x.shape)}") from None
         if len(widths) != x.ndim or any(a < 0 or b < 0 for a, b in widths):
             raise ValueError(f"pad: pad_width {widths} needs {x.ndim} non-negative pairs "
                              f"for x: {tuple(x.shape)}")
@@ -112,6 +112,9 @@ class Concat(Function):
         if not xs:
             raise ValueError("concat: needs at least one tensor")
         first = xs[0]
+        if not -first.ndim <= self.axis < first.ndim:
+            raise ValueError(f"concat: axis {self.axis} is out of range for input 0: "
+                             f"{tuple(first.shape)}")
         for i, x in enumerate(xs):
             same = x.ndim == first.ndim and all(
                 a == b for k, (a, b) in enumerate(zip(x.shape, first.shape))
