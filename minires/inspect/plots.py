@@ -41,6 +41,8 @@ def plot_residual_split(results, path):
     """The "+1" per block: norms of the shortcut part, the branch part and their sum at each block's
     input (top), and the shortcut's share of the total (bottom)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     nets = [(key, rec) for key, rec in results.items() if key[0] != "plain"]
     fig, axes = plt.subplots(2, len(nets), figsize=(5 * len(nets), 6), squeeze=False)
     for column, ((net, depth), rec) in enumerate(nets):
@@ -59,6 +61,7 @@ def plot_residual_split(results, path):
         bottom.set_ylabel("||shortcut part|| / ||total||")
         for ax in (top, bottom):
             ax.grid(True, which="both", alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -200,6 +200,19 @@ class Module:
                 m._buffers[name] = backend.to_device(b, device)
         return self
 
+    def astype(self, dtype):
+        """Cast every parameter, gradient and floating buffer to `dtype` in place (float64 for
+        gradient checks and Jacobians); returns self."""
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                if p.grad is not None:
+                    p.grad = Tensor(p.grad.data.astype(dtype))
+            for name, b in m._buffers.items():
+                if b.dtype.kind == "f":
+                    m._buffers[name] = b.astype(dtype)
+        return self
+
     @property
     def device(self):
         first = next(self.parameters(), None)
