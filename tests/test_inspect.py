@@ -135,12 +135,7 @@ def test_plain_net_has_block_norms_but_no_split(device):
 
 def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):
     minires.manual_seed(0)
-    block = minires.nn.BasicBlock(2, 2, shortcut="A").to(device).eval()
-    for p in block.parameters():
-        p.data = p.data.astype(np.float64)
-    for name in ("running_mean", "running_var"):
-        for bn in (block.bn1, block.bn2):
-            bn._buffers[name] = bn._buffers[name].astype(np.float64)
+    block = minires.nn.BasicBlock(2, 2, shortcut="A").to(device).astype(np.float64).eval()
     x = make(np.random.default_rng(0).standard_normal((1, 2, 3, 3)), device)
     full = inspect.jacobian(lambda t: F.residual_add(t, block.branch(t)), x)
     branch = inspect.jacobian(block.branch, x)

@@ -186,23 +186,11 @@ print("\nsaved", path)
 # sample on its own and the Jacobian of one sample is well defined. (This block was never trained,
 # so its running statistics are still mean 0 and variance 1, and each BN is nearly the identity.) We take $y$ *before* the ReLU
 # that follows the add; tutorial 06 is about that ReLU.
-#
-# (minires modules have no `.double()`, so the small helper below casts parameters and buffers.)
+# `Module.astype(np.float64)` casts the parameters and the BN running statistics.
 
 # %%
-def to_float64(module):
-    """Cast every parameter and floating-point buffer of `module` to float64, in place."""
-    for p in module.parameters():
-        p.data = p.data.astype(np.float64)
-    for m in module.modules():
-        for name, buf in list(m.named_buffers()):
-            if "." not in name and buf.dtype.kind == "f":  # m's own buffers (BN running stats)
-                m.register_buffer(name, buf.astype(np.float64))
-    return module
-
-
 minires.manual_seed(0)
-tiny = to_float64(nn.BasicBlock(2, 2, shortcut="A")).eval()
+tiny = nn.BasicBlock(2, 2, shortcut="A").astype(np.float64).eval()
 x_tiny = minires.tensor(np.random.default_rng(1).standard_normal((1, 2, 3, 3)))  # float64
 assert all(p.dtype == np.float64 for p in tiny.parameters())
 J = inspect.jacobian(lambda t: F.residual_add(t, tiny.branch(t)), x_tiny)
