@@ -359,6 +359,15 @@ def run_command(args):
     return 0
 
 
+def paper_recipe(model, epochs, lr=0.1, momentum=0.9, weight_decay=1e-4):
+    """The optimizer and schedule of He et al. 2015 (section 4.2) for `epochs` scheduler steps:
+    SGD with momentum and weight decay, the learning rate divided by 10 at 50% and 75% of the run.
+    Returns (optimizer, scheduler)."""
+    optimizer = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    milestones = [math.ceil(epochs * 0.5), math.ceil(epochs * 0.75)]
+    return optimizer, MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
 def _build_trainer(args, out_dir):
     device = backend.check_device(args.device or backend.default_device())
     manual_seed(args.seed)
@@ -367,10 +376,8 @@ def _build_trainer(args, out_dir):
     train_loader = DataLoader(x_train, y_train, args.batch_size, shuffle=True,
                               augment=args.augment, seed=args.seed, device=device)
     test_loader = DataLoader(x_test, y_test, args.batch_size, shuffle=False, device=device)
-    optimizer = SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                    weight_decay=args.weight_decay)
-    milestones = [math.ceil(args.epochs * 0.5), math.ceil(args.epochs * 0.75)]
-    scheduler = MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    optimizer, scheduler = paper_recipe(model, args.epochs, args.lr, args.momentum,
+                                        args.weight_decay)
     return Trainer(model, optimizer, train_loader, test_loader, args.epochs, scheduler, out_dir,
                    args.checkpoint_every, args.progress, steps_per_epoch=args.steps_per_epoch)
 

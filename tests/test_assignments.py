@@ -24,7 +24,7 @@ from minires.cli import main
 from minires.ops import norm
 
 ROOT = Path(__file__).resolve().parents[1]
-SEED, TIMEOUT = 20240501, 10.0
+SEED, TIMEOUT = 20240501, 60.0  # generous: a loaded 2-core CI machine must not time a part out
 MARKS = {name: getattr(pytest.mark, f"assignment_{name}") for name in all_assignments()}
 
 
@@ -188,7 +188,8 @@ def test_missing_variance_term_would_pass_a_sum_of_outputs_check(tmp_path):
      "IndexError: index 5 is out of bounds"),
 ], ids=["infinite-loop", "wrong-shape", "process-dies", "exception"])
 def test_misbehaving_part_costs_that_part_only(tmp_path, bug, message):
-    results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=3)
+    timeout = 3 if "while True" in bug else TIMEOUT  # short only where a part must time out
+    results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=timeout)
     assert_only_failing(results, ["im2col"])
     assert message in results["im2col"].verdict, results["im2col"].output
     assert "FAIL  2x2 kernel, stride 2, no padding" in results["im2col"].output

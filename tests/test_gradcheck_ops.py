@@ -3,8 +3,10 @@ gradient (minires.gradcheck). The cases are the ones that can fail: stride 2, pa
 pool windows (kernel 3, stride 2), broadcasting, non-square kernels and strides, repeated fancy
 indices. Inputs of max, relu and max-pool are spaced apart so no finite difference crosses a kink.
 
-Also here: gradcheck catching a wrong backward (including one a sum-based check would pass), col2im
-as the adjoint of im2col, and a naive loop-based conv2d / pooling reference beside the fast ones.
+conv2d and batch_norm are checked in both implementations: the fast ones in minires.functional and
+the readable references (ops/conv.py, ops/norm.py). Also here: gradcheck catching a wrong backward
+(including one a sum-based check would pass), col2im as the adjoint of im2col, and naive loop-based
+conv2d / pooling beside the im2col ones.
 """
 import zlib
 
@@ -15,6 +17,8 @@ import minires
 import minires.functional as F
 from minires import backend
 from minires.autograd import Function
+from minires.ops import conv as reference_conv
+from minires.ops import norm as reference_norm
 from helpers import make, spaced
 
 
@@ -113,6 +117,13 @@ CASES = [
      [normal(1, 2, 5, 4), normal(2, 2, 3, 2), normal(2)]),
     ("conv2d-1x1-stride2", lambda x, w: F.conv2d(x, w, stride=2),
      [normal(2, 3, 4, 4), normal(2, 3, 1, 1)]),
+    # the readable reference that F.conv2d and F.batch_norm are tested against (ops/conv.py, norm.py)
+    ("conv2d-reference-3x3-stride2-pad1-bias",
+     lambda x, w, b: reference_conv.conv2d(x, w, b, stride=2, padding=1),
+     [normal(2, 2, 5, 5), normal(3, 2, 3, 3), normal(3)]),
+    ("conv2d-reference-3x2-stride21-pad10",
+     lambda x, w: reference_conv.conv2d(x, w, stride=(2, 1), padding=(1, 0)),
+     [normal(1, 2, 5, 4), normal(2, 2, 3, 2)]),
     ("max_pool2d-2-stride2", lambda x: F.max_pool2d(x, 2), [distinct(2, 2, 4, 4)]),
     ("max_pool2d-3-stride2-overlap", lambda x: F.max_pool2d(x, 3, stride=2),
      [distinct(1, 2, 7, 7)]),
@@ -139,6 +150,12 @@ CASES = [
     ("batch_norm-eval-4d", lambda x, g, b: F.batch_norm(
         x, g, b, *beside(x, [0.1, -0.2], [0.5, 1.5]), training=False),
      [normal(3, 2, 3, 2), positive(2), normal(2)]),
+    ("batch_norm-reference-train-4d",
+     lambda x, g, b: reference_norm.batch_norm(x, g, b, training=True),
+     [normal(3, 2, 3, 2), positive(2), normal(2)]),
+    ("batch_norm-reference-eval-2d", lambda x, g, b: reference_norm.batch_norm(
+        x, g, b, *beside(x, [0.1, -0.2, 0.3], [0.5, 1.5, 2.0]), training=False),
+     [normal(4, 3), positive(3), normal(3)]),
     # losses
     ("log_softmax", F.log_softmax, [normal(3, 5)]),
     ("log_softmax-axis-last-3d", lambda x: F.log_softmax(x, axis=-1), [normal(2, 3, 4)]),
@@ -328,13 +345,15 @@ CONV_SETTINGS = [  # (x shape, w shape, stride, padding, bias)
 ]
 
 
+@pytest.mark.parametrize("conv2d", [F.conv2d, reference_conv.conv2d], ids=["fast", "reference"])
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, bias", CONV_SETTINGS)
-def test_conv2d_matches_the_naive_loops(device, rng, x_shape, w_shape, stride, padding, bias):
+def test_conv2d_matches_the_naive_loops(device, rng, conv2d, x_shape, w_shape, stride, padding,
+                                        bias):
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
     b = rng.standard_normal(w_shape[0]) if bias else None
     expected = naive_conv2d(x, w, b, stride, padding)
     args = [make(x, device), make(w, device)] + ([make(b, device)] if bias else [])
-    y = F.conv2d(*args, stride=stride, padding=padding)
+    y = conv2d(*args, stride=stride, padding=padding)
     assert y.shape == expected.shape
     np.testing.assert_allclose(y.numpy(), expected, rtol=1e-12, atol=1e-12)
 

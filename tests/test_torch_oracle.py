@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 import minires.functional as F
+from minires.ops import conv as reference_conv
+from minires.ops import norm as reference_norm
 from helpers import assert_close, import_torch, make
 
 torch = import_torch()
@@ -121,6 +123,10 @@ CASES = [
      [normal(2, 3, 7, 6), normal(4, 3, 3, 2), normal(4)]),
     ("conv2d-1x1-stride2", lambda x, w: F.conv2d(x, w, stride=2),
      lambda x, w: TF.conv2d(x, w, stride=2), [normal(2, 4, 8, 8), normal(6, 4, 1, 1)]),
+    ("conv2d-reference-3x3-stride2-pad1",
+     lambda x, w, b: reference_conv.conv2d(x, w, b, stride=2, padding=1),
+     lambda x, w, b: TF.conv2d(x, w, b, stride=2, padding=1),
+     [normal(2, 3, 8, 8), normal(4, 3, 3, 3), normal(4)]),
     ("max_pool2d-2", lambda x: F.max_pool2d(x, 2), lambda x: TF.max_pool2d(x, 2),
      [normal(2, 3, 6, 6)]),
     ("max_pool2d-3-stride2-pad1", lambda x: F.max_pool2d(x, 3, 2, 1),
@@ -162,9 +168,14 @@ def test_cross_entropy_matches_torch(device, rng, dtype):
             [rng.standard_normal((5, 6)) * 3], device, dtype, rng)
 
 
+BATCH_NORMS = [pytest.param(F.batch_norm, id="fast"),
+               pytest.param(reference_norm.batch_norm, id="reference")]
+
+
+@pytest.mark.parametrize("batch_norm", BATCH_NORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_shape", [(6, 3), (4, 3, 3, 2)], ids=["2d", "4d"])
-def test_batch_norm_train_matches_torch(device, rng, dtype, x_shape):
+def test_batch_norm_train_matches_torch(device, rng, batch_norm, dtype, x_shape):
     """Output, grads of x/gamma/beta, and the running statistics (torch: unbiased running var)."""
     rtol, atol = TOLERANCE[dtype]
     channels = x_shape[1]
@@ -174,7 +185,7 @@ def test_batch_norm_train_matches_torch(device, rng, dtype, x_shape):
     ours_var = make(start_var.copy(), device, dtype=dtype)
     torch_mean = torch.tensor(start_mean.astype(dtype))
     torch_var = torch.tensor(start_var.astype(dtype))
-    compare(lambda x, g, b: F.batch_norm(x, g, b, ours_mean, ours_var, True, momentum=0.2),
+    compare(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, True, momentum=0.2),
             lambda x, g, b: TF.batch_norm(x, torch_mean, torch_var, g, b, True, momentum=0.2),
             [rng.standard_normal(x_shape) * 2 + 1, rng.uniform(0.5, 2, channels),
              rng.standard_normal(channels)], device, dtype, rng)
@@ -183,15 +194,16 @@ def test_batch_norm_train_matches_torch(device, rng, dtype, x_shape):
     assert_close(ours_var.data, torch_var.numpy(), rtol, atol, "running_var")
 
 
+@pytest.mark.parametrize("batch_norm", BATCH_NORMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("x_shape", [(6, 3), (4, 3, 3, 2)], ids=["2d", "4d"])
-def test_batch_norm_eval_matches_torch(device, rng, dtype, x_shape):
+def test_batch_norm_eval_matches_torch(device, rng, batch_norm, dtype, x_shape):
     channels = x_shape[1]
     mean, var = rng.standard_normal(channels), rng.uniform(0.5, 2.0, channels)
     ours_mean = make(mean.copy(), device, dtype=dtype)
     ours_var = make(var.copy(), device, dtype=dtype)
     torch_mean, torch_var = torch.tensor(mean.astype(dtype)), torch.tensor(var.astype(dtype))
-    compare(lambda x, g, b: F.batch_norm(x, g, b, ours_mean, ours_var, training=False),
+    compare(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, training=False),
             lambda x, g, b: TF.batch_norm(x, torch_mean, torch_var, g, b, training=False),
             [rng.standard_normal(x_shape), rng.uniform(0.5, 2, channels),
              rng.standard_normal(channels)], device, dtype, rng)

@@ -17,7 +17,7 @@ from minires.data import DataLoader, synthetic_cifar
 from minires.models import cifar_resnet
 from minires.optim import SGD
 from minires.optim.lr_scheduler import MultiStepLR
-from minires.train import COLUMNS, Trainer, evaluate, train, train_step
+from minires.train import COLUMNS, Trainer, evaluate, paper_recipe, train, train_step
 
 DATA = synthetic_cifar(48, 16, image_size=16, seed=0)  # 3 batches of 16 per epoch
 
@@ -208,3 +208,14 @@ def test_train_step_and_evaluate():
     test_loss, error = evaluate(trainer.model, trainer.test_loader)
     assert trainer.model.training  # evaluate puts the model back in train mode
     assert np.isfinite(test_loss) and 0 <= error <= 100
+
+
+def test_paper_recipe_divides_the_learning_rate_by_ten_at_half_and_three_quarters():
+    optimizer, scheduler = paper_recipe(cifar_resnet(8), epochs=8)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 1e-4)
+    lrs = []
+    for _ in range(8):
+        lrs.append(group["lr"])
+        scheduler.step()
+    np.testing.assert_allclose(lrs, [0.1] * 4 + [0.01] * 2 + [0.001] * 2)

@@ -5,10 +5,11 @@ number (a test checks the gradients are bit-identical with and without it).
 """
 from .anomaly import detect_anomaly
 from .experiment import compare, one_batch, record_gradients, summary_lines, write_csv
+from .flops import FlopCount, count_flops
 from .jacobian import jacobian
 from .plots import plot_layer_gradients, plot_layer_responses, plot_residual_split
 from .recorder import Recorder, record, shortcut_kind
 
 __all__ = ["record", "Recorder", "jacobian", "detect_anomaly", "compare", "one_batch",
            "record_gradients", "summary_lines", "write_csv", "plot_layer_gradients",
-           "plot_residual_split", "plot_layer_responses", "shortcut_kind"]
+           "plot_residual_split", "plot_layer_responses", "shortcut_kind", "count_flops", "FlopCount"]

@@ -55,11 +55,14 @@ class PadChannels(Function):
         self.before, self.x_shape = extra // 2, x.shape
         s = self.stride
         kept = x[:, :, ::s, ::s]
-        return xp.pad(kept, ((0, 0), (self.before, extra - self.before), (0, 0), (0, 0)))
+        # zeros_like keeps x's memory layout (channels-last after a fast conv2d), as np.pad would not
+        y = xp.zeros_like(kept, shape=(kept.shape[0], self.out_channels) + kept.shape[2:])
+        y[:, self.before:self.before + x.shape[1]] = kept
+        return y
 
     def backward(self, gy):
         s, c = self.stride, self.x_shape[1]
-        gx = backend.xp(gy).zeros(self.x_shape, dtype=gy.dtype)
+        gx = backend.xp(gy).zeros_like(gy, shape=self.x_shape)  # gy's memory layout
         gx[:, :, ::s, ::s] = gy[:, self.before:self.before + c]
         return gx
 

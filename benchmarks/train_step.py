@@ -1,0 +1,467 @@
+"""One full SGD training step of a CIFAR ResNet: minires against PyTorch (and DeZero), in one run.
+
+    python benchmarks/train_step.py                                  # ResNet-20, B=128, CPU
+    python benchmarks/train_step.py --model resnet20 resnet56 --batch 32 128 --json out.json
+    python benchmarks/train_step.py --device cuda                    # CuPy against torch's GPU
+    python benchmarks/train_step.py --growth                         # time vs depth and vs batch
+
+A step is forward, cross-entropy, backward and SGD (momentum 0.9, weight decay 5e-4) on a batch of
+random 3x32x32 images: the same network in each framework (the paper's CIFAR ResNet with option-A
+shortcuts, He init). The frameworks take turns (minires, torch, dezero, minires, ...; see
+time_steps) after a warm-up, so drifts in machine load hit all alike; each time is the median of
+the repeats. The ratio
+is minires img/s over the other's img/s: higher is better for minires, 1.0 is parity.
+The load average is printed with the table: on a shared machine, compare ratios, not times.
+
+Peak memory. CPU: each framework runs the same steps again in a child process of its own, and the
+table gives that process's peak resident set (VmHWM; it counts the BLAS buffers and whatever
+the import costs) and, as "step MB", the peak minus the resident set just before the first step
+(activations, gradients, workspaces). GPU: minires's CuPy memory pool after one step from an empty
+pool (the pool keeps its high-water mark, like torch's max_memory_reserved) against torch's
+max_memory_reserved and max_memory_allocated.
+
+torch and dezero are optional: without them the table has minires's times only.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPTHS = (20, 56, 110, 1202)
+GROWTH_BATCHES = (32, 64, 128, 256, 512)
+LR, MOMENTUM, WEIGHT_DECAY = 0.1, 0.9, 5e-4
+
+
+def _set_threads(threads):
+    """Before numpy/torch load: the thread count of BLAS and of torch's intra-op pool."""
+    if threads:
+        for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = str(threads)
+
+
+# --- the three frameworks: each returns (step function, synchronize function) ---------------------
+
+def minires_step(depth, batch, device, seed=0):
+    sys.path.insert(0, REPO)
+    import numpy as np
+
+    import minires
+    import minires.functional as F
+    from minires import backend
+    from minires.models import cifar_resnet
+    from minires.optim import SGD
+
+    backend.seed(seed)
+    model = cifar_resnet(depth).to(device)
+    opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    rng = np.random.default_rng(seed)
+    x = minires.tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), device=device)
+    y = minires.tensor(rng.integers(0, 10, batch), device=device)
+
+    def step():
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return step, lambda: backend.synchronize()
+
+
+def torch_step(depth, batch, device, seed=0):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as TF
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+            self.bn1 = nn.BatchNorm2d(cout)
+            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+            self.bn2 = nn.BatchNorm2d(cout)
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(TF.relu(self.bn1(self.conv1(x)))))
+            shortcut = x
+            if self.stride != 1 or self.extra:  # option A: subsample, zero-pad the channels
+                half = self.extra // 2
+                shortcut = TF.pad(x[:, :, ::self.stride, ::self.stride],
+                                  (0, 0, 0, 0, half, self.extra - half))
+            return TF.relu(out + shortcut)
+
+    n = (depth - 2) // 6
+    layers = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for i in range(n):
+            layers.append(Block(cin, cout, 2 if stage and i == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)]
+    torch.manual_seed(seed)
+    model = nn.Sequential(*layers)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    model = model.to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    x = torch.randn(batch, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step():
+        loss = TF.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+    return step, sync
+
+
+def import_dezero():
+    """DeZero, whose last release (0.0.13) still names `np.int`, gone since NumPy 1.24: the alias
+    is restored (as the builtin int it always was) before the import."""
+    import numpy as np
+    if "int" not in np.__dict__:
+        np.int = int
+    import dezero
+    return dezero
+
+
+def dezero_step(depth, batch, device, seed=0):
+    """The same network in DeZero (the book's framework); CPU only (its GPU path needs CuPy)."""
+    import numpy as np
+    import_dezero()
+    import dezero.functions as DF
+    import dezero.layers as DL
+    from dezero import Function, Model, optimizers
+
+    class PadChannels(Function):  # option A's channel padding; DeZero has no pad op
+        def __init__(self, before, after):
+            self.before, self.after = before, after
+
+        def forward(self, x):
+            return np.pad(x, ((0, 0), (self.before, self.after), (0, 0), (0, 0)))
+
+        def backward(self, gy):
+            return gy[:, self.before:gy.shape[1] - self.after]
+
+    class Block(Model):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.conv1 = DL.Conv2d(cout, 3, stride, 1, nobias=True, in_channels=cin)
+            self.bn1 = DL.BatchNorm()
+            self.conv2 = DL.Conv2d(cout, 3, 1, 1, nobias=True, in_channels=cout)
+            self.bn2 = DL.BatchNorm()
+            self.stride, self.extra = stride, cout - cin
+
+        def forward(self, x):
+            out = self.bn2(self.conv2(DF.relu(self.bn1(self.conv1(x)))))
+            shortcut = x
+            if self.stride != 1 or self.extra:
+                half = self.extra // 2
+                shortcut = PadChannels(half, self.extra - half)(
+                    x[:, :, ::self.stride, ::self.stride])
+            return DF.relu(out + shortcut)
+
+    class Net(Model):
+        def __init__(self, n):
+            super().__init__()
+            self.conv1 = DL.Conv2d(16, 3, 1, 1, nobias=True, in_channels=3)
+            self.bn1 = DL.BatchNorm()
+            self.blocks = []
+            cin = 16
+            for stage, cout in enumerate((16, 32, 64)):
+                for i in range(n):
+                    block = Block(cin, cout, 2 if stage and i == 0 else 1)
+                    setattr(self, f"block{len(self.blocks)}", block)
+                    self.blocks.append(block)
+                    cin = cout
+            self.fc = DL.Linear(10, in_size=64)
+
+        def forward(self, x):
+            out = DF.relu(self.bn1(self.conv1(x)))
+            for block in self.blocks:
+                out = block(out)
+            out = DF.average_pooling(out, out.shape[2])  # global average pool: (N, 64, 1, 1)
+            return self.fc(DF.reshape(out, (out.shape[0], -1)))
+
+    if device != "cpu":
+        raise RuntimeError("dezero: CPU only in this benchmark")
+    np.random.seed(seed)
+    model = Net((depth - 2) // 6)
+    opt = optimizers.MomentumSGD(lr=LR, momentum=MOMENTUM).setup(model)
+    opt.add_hook(optimizers.WeightDecay(WEIGHT_DECAY))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    def step():
+        loss = DF.softmax_cross_entropy(model(x), y)
+        model.cleargrads()
+        loss.backward()
+        opt.update()
+    return step, lambda: None
+
+
+FRAMEWORKS = {"minires": minires_step, "torch": torch_step, "dezero": dezero_step}
+
+
+def available(name, device):
+    """Whether a framework can run on `device` here (imports it, so call in the timing process)."""
+    try:
+        if name == "torch":
+            import torch
+            return device == "cpu" or torch.cuda.is_available()
+        if name == "dezero":
+            import_dezero()
+            return device == "cpu"
+    except ImportError:
+        return False
+    return True
+
+
+def seconds(step, sync):
+    sync()
+    start = time.perf_counter()
+    step()
+    sync()
+    return time.perf_counter() - start
+
+
+def time_steps(frameworks, depth, batch, device, repeats, warmup):
+    """{framework: median seconds per step}, the frameworks taking turns.
+
+    Each turn is an untimed step, then a timed one: torch's OpenMP threads keep spinning on the
+    cores for a while after its last parallel region (and the caches hold the last framework's
+    arrays), which would otherwise slow whichever framework runs right after it.
+    """
+    steps = {name: FRAMEWORKS[name](depth, batch, device) for name in frameworks}
+    for _ in range(warmup):
+        for step, sync in steps.values():
+            seconds(step, sync)
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, (step, sync) in steps.items():
+            seconds(step, sync)
+            times[name].append(seconds(step, sync))
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+# --- peak memory ---------------------------------------------------------------------------------
+
+def _proc_status_mb(field):
+    """A memory line of /proc/self/status (Linux), in MB: VmRSS (now) or VmHWM (peak).
+
+    Not ru_maxrss: Linux carries that across fork and exec, so a child started by a big parent
+    reports the parent's peak as its own.
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def child_main(name, depth, batch, device, steps):
+    """In a fresh process: build, run `steps` steps, print peak memory as one JSON line."""
+    step, sync = FRAMEWORKS[name](depth, batch, device)
+    result = {}
+    if device == "cuda":
+        if name == "minires":
+            sys.path.insert(0, REPO)
+            from minires import backend
+            pool = backend.cupy_module().get_default_memory_pool()
+            step()
+            sync()
+            pool.free_all_blocks()
+            step()
+            sync()
+            result["pool_MB"] = pool.total_bytes() / 2**20
+        else:
+            import torch
+            step()
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            sync()
+            result["max_allocated_MB"] = torch.cuda.max_memory_allocated() / 2**20
+            result["max_reserved_MB"] = torch.cuda.max_memory_reserved() / 2**20
+    else:
+        before = _proc_status_mb("VmRSS")
+        for _ in range(steps):
+            step()
+        peak = _proc_status_mb("VmHWM")
+        result.update(peak_rss_MB=peak, step_MB=peak - before)
+    print("MEMORY " + json.dumps(result))
+
+
+def measure_memory(name, depth, batch, device, threads, steps=2):
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", name, str(depth), str(batch),
+           "--device", device, "--memory-steps", str(steps)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("MEMORY "):
+            return json.loads(line[len("MEMORY "):])
+    return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+# --- tables --------------------------------------------------------------------------------------
+
+def run_table(args, frameworks):
+    rows = []
+    for model in args.model:
+        depth = int(model.replace("resnet", ""))
+        for batch in args.batch:
+            t = time_steps(frameworks, depth, batch, args.device, args.repeats, args.warmup)
+            row = {"model": model, "batch": batch, "load": os.getloadavg()[0]}
+            for name, s in t.items():
+                row[f"{name}_ms"] = 1000 * s
+                row[f"{name}_img_s"] = batch / s
+            for other in frameworks[1:]:
+                row[f"ratio_vs_{other}"] = row["minires_img_s"] / row[f"{other}_img_s"]
+            if args.memory:
+                for name in frameworks:
+                    row[f"{name}_memory"] = measure_memory(name, depth, batch, args.device,
+                                                           args.threads)
+            rows.append(row)
+            print_row(row, frameworks, args.device, header=len(rows) == 1)
+    return rows
+
+
+def print_row(row, frameworks, device, header):
+    cols = [f"{'model':<10}{'batch':>6}"] + [f"{n + ' img/s':>14}" for n in frameworks]
+    cols += [f"{'vs ' + n:>10}" for n in frameworks[1:]]
+    mem_names = ("peak MB", "step MB") if device == "cpu" else ("pool MB", "alloc MB")
+    if f"{frameworks[0]}_memory" in row:
+        cols += [f"{n[:7] + ' ' + m:>17}" for n in frameworks for m in mem_names]
+    cols += [f"{'load':>6}"]
+    if header:
+        line = "".join(cols)
+        print(line)
+        print("-" * len(line))
+    out = f"{row['model']:<10}{row['batch']:>6}"
+    out += "".join(f"{row[f'{n}_img_s']:>14.1f}" for n in frameworks)
+    out += "".join(f"{row[f'ratio_vs_{n}']:>10.2f}" for n in frameworks[1:])
+    if f"{frameworks[0]}_memory" in row:
+        for n in frameworks:
+            mem = row[f"{n}_memory"]
+            if device == "cpu":
+                values = (mem.get("peak_rss_MB"), mem.get("step_MB"))
+            elif n == "minires":
+                values = (mem.get("pool_MB"), None)
+            else:
+                values = (mem.get("max_reserved_MB"), mem.get("max_allocated_MB"))
+            out += "".join(f"{v:>17.0f}" if v is not None else f"{'-':>17}" for v in values)
+    out += f"{row['load']:>6.1f}"
+    print(out, flush=True)
+
+
+def run_growth(args, frameworks):
+    """Step time against depth (at the first batch size) and against batch (first model)."""
+    rows = []
+    batch = args.batch[0]
+    model = args.model[0]
+    print(f"\ngrowth with depth (batch {batch}): ms per step")
+    print(f"{'depth':<8}" + "".join(f"{n + ' ms':>14}" for n in frameworks) + f"{'ms/layer':>10}"
+          + f"{'load':>6}")
+    for depth in args.depths:
+        t = time_steps(frameworks, depth, batch, args.device, max(1, args.repeats // 2),
+                       max(1, args.warmup // 2))
+        row = {"kind": "depth", "depth": depth, "batch": batch, "load": os.getloadavg()[0]}
+        row.update({f"{n}_ms": 1000 * s for n, s in t.items()})
+        rows.append(row)
+        print(f"{depth:<8}" + "".join(f"{row[f'{n}_ms']:>14.1f}" for n in frameworks)
+              + f"{row['minires_ms'] / depth:>10.2f}{row['load']:>6.1f}", flush=True)
+    depth = int(model.replace("resnet", ""))
+    print(f"\ngrowth with batch ({model}): ms per step")
+    print(f"{'batch':<8}" + "".join(f"{n + ' ms':>14}" for n in frameworks) + f"{'ms/img':>10}"
+          + f"{'load':>6}")
+    for b in args.growth_batches:
+        t = time_steps(frameworks, depth, b, args.device, args.repeats, args.warmup)
+        row = {"kind": "batch", "depth": depth, "batch": b, "load": os.getloadavg()[0]}
+        row.update({f"{n}_ms": 1000 * s for n, s in t.items()})
+        rows.append(row)
+        print(f"{b:<8}" + "".join(f"{row[f'{n}_ms']:>14.1f}" for n in frameworks)
+              + f"{row['minires_ms'] / b:>10.2f}{row['load']:>6.1f}", flush=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--model", nargs="+", default=["resnet20"],
+                        help="CIFAR ResNets by name: resnet20 resnet56 resnet110 resnet1202 ...")
+    parser.add_argument("--batch", type=int, nargs="+", default=[128])
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per framework")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--frameworks", nargs="+", default=["minires", "torch", "dezero"],
+                        help="which to run (those not installed are left out)")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the peak-memory runs (one child process per framework)")
+    parser.add_argument("--growth", action="store_true",
+                        help="also time steps against depth and against batch size")
+    parser.add_argument("--depths", type=int, nargs="+", default=list(DEPTHS))
+    parser.add_argument("--growth-batches", type=int, nargs="+", default=list(GROWTH_BATCHES))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="BLAS and torch threads (default: each library's own choice)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "DEPTH", "BATCH"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    _set_threads(args.threads)
+
+    if args.child:
+        name, depth, batch = args.child
+        child_main(name, int(depth), int(batch), args.device, args.memory_steps)
+        return
+
+    import numpy as np
+
+    frameworks = [n for n in args.frameworks if n == "minires" or available(n, args.device)]
+    if "minires" not in frameworks:
+        frameworks.insert(0, "minires")
+    versions = {"numpy": np.__version__}
+    if "torch" in frameworks:
+        import torch
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        versions["torch"] = f"{torch.__version__} ({torch.get_num_threads()} threads)"
+    if "dezero" in frameworks:
+        dezero = import_dezero()
+        versions["dezero"] = getattr(dezero, "__version__", "?")
+    if args.device == "cuda":
+        sys.path.insert(0, REPO)
+        from minires import backend
+        versions["cupy"] = backend.cupy_module().__version__
+    print(f"SGD training step (forward, cross-entropy, backward, momentum + weight decay) on "
+          f"{args.device}; median of {args.repeats} steps each, taking turns, after "
+          f"{args.warmup} warm-up")
+    print(", ".join(f"{k} {v}" for k, v in versions.items())
+          + f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    print("ratio = minires img/s / other img/s (higher is better for minires)\n")
+    results = {"setup": {"device": args.device, "repeats": args.repeats, "warmup": args.warmup,
+                         "threads": args.threads or None, "versions": versions,
+                         "cpus": os.cpu_count(),
+                         "machine": platform.processor() or platform.machine(),
+                         "load_at_start": os.getloadavg()}}
+    results["rows"] = run_table(args, frameworks)
+    if args.growth:
+        results["growth"] = run_growth(args, frameworks)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""The convolution minires trains with: channels-last im2col and one BLAS GEMM per product.
+
+`ops/conv.py` holds the readable reference (NCHW im2col, one GEMM per image) that students write,
+that the tests check against naive loops, and that this file and the GPU kernels are tested
+against. This op computes the same function, with the same checks and error messages, but lays the
+arrays out so that every product is one large matrix product with no transposing copy:
+
+    channels-last memory   x (N, C, H, W) is *read* as its (N, H, W, C) transpose, and y comes
+                           back as an (N, OC, OH, OW) view of an (N, OH, OW, OC) buffer (PyTorch's
+                           `channels_last`). Shapes, values and indexing are NCHW as everywhere in
+                           minires; only `y.strides` tells. Elementwise ops and batch norm keep the
+                           layout, so the next conv reads its input with no copy.
+    cols (rows, K)         one row per output pixel: its kh x kw x C window, K = kh*kw*C; built by
+                           ONE strided copy from a sliding-window view of the padded input.
+    forward                y2 = cols @ W2^T         (rows, K) @ (K, OC)        -> (rows, OC)
+    weights                dW2 = gy2^T @ cols       (OC, rows) @ (rows, K)     -> (OC, K)
+    input, stride 1        dx is itself a convolution: of gy, padded by k-1-p, with the kernel
+                           flipped and its channel axes swapped:
+                           dx2 = cols(gy) @ Wflip   (rows, kh*kw*OC) @ (kh*kw*OC, C)
+    input, stride > 1      col2im of gy2 @ W2 one kernel offset at a time:
+                           dxpad[:, i::sy, j::sx] += gy2 @ W[:, :, i, j]   (rows, OC) @ (OC, C)
+
+W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free view when gy is
+channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
+
+Chunks. The batch goes through a few images at a time: one chunk's cols (kh*kw times its input)
+stays in the cache between the copy and the GEMM, and the whole (N*OH*OW, K) matrix, tens of MB
+that the allocator would map (and the kernel zero) afresh at every call, never exists. The chunks
+run on all cores at once (ops/_parallel.py). cols is not kept for the backward: copying it again
+from x costs less than holding kh*kw times the input in every layer (PyTorch also keeps only x).
+
+This is a NumPy (CPU) path. On a CuPy array the op runs the reference's forward and backward,
+whose batched products already go to cuBLAS.
+"""
+import numpy as np
+
+from .. import backend
+from ._parallel import num_threads, run_chunks
+from .conv import Conv2d
+
+WORKSPACE_BYTES = 4 * 2**20  # cols of one chunk of images
+
+
+def channels_last(x):
+    """x (N, C, H, W) as its (N, H, W, C) transpose: a view, no copy."""
+    return x.transpose(0, 2, 3, 1)
+
+
+def as_nchw(y_nhwc):
+    """An (N, H, W, C) array as the (N, C, H, W) view minires passes on."""
+    return y_nhwc.transpose(0, 3, 1, 2)
+
+
+def im2col_channels_last(x_nhwc, kernel, stride, padding, out=None):
+    """x (N, H, W, C), any strides -> cols (N, OH, OW, kh, kw, C), C-contiguous:
+
+        cols[n, oy, ox, i, j, c] = xpad[n, sy*oy + i, sx*ox + j, c]
+
+    (the reference `im2col` with the axes in channels-last order). The padded input is the only
+    other array made; the windows are a strided view of it, copied once.
+    """
+    (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
+    n, h, w, c = x_nhwc.shape
+    oh, ow = (h + 2 * py - kh) // sy + 1, (w + 2 * px - kw) // sx + 1
+    if py or px:
+        xpad = np.zeros((n, h + 2 * py, w + 2 * px, c), dtype=x_nhwc.dtype)  # (N, Hp, Wp, C)
+        xpad[:, py:py + h, px:px + w] = x_nhwc
+    else:
+        xpad = x_nhwc
+    windows = np.lib.stride_tricks.sliding_window_view(xpad, (kh, kw), axis=(1, 2))
+    windows = windows[:, ::sy, ::sx].transpose(0, 1, 2, 4, 5, 3)  # (N, OH, OW, kh, kw, C), a view
+    if out is None:
+        out = np.empty((n, oh, ow, kh, kw, c), dtype=x_nhwc.dtype)
+    np.copyto(out, windows)
+    return out
+
+
+def batch_chunks(n, bytes_per_image):
+    """Slices of the batch axis, each with about WORKSPACE_BYTES of columns (at least one image),
+    and at least one chunk per pool thread."""
+    per = max(1, min(WORKSPACE_BYTES // max(1, bytes_per_image), -(-n // num_threads())))
+    return [slice(start, min(start + per, n)) for start in range(0, n, per)]
+
+
+class FastConv2d(Conv2d):
+    """conv2d as minires runs it: the reference Conv2d's checks and math, channels-last GEMMs."""
+
+    def forward(self, x, w, b=None):
+        if backend.is_cupy_array(x):
+            return super().forward(x, w, b)
+        self.x, self.w, self.has_bias = x, w, b is not None
+        (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
+        n, c, h, width = x.shape
+        oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
+        xt = channels_last(x)                                      # (N, H, W, C) view
+        w2t = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T    # (K, OC), K = kh*kw*C
+        y2 = np.empty((n, oh * ow, w.shape[0]), dtype=x.dtype)     # (N, OH*OW, OC)
+
+        def chunk(part):
+            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding)
+            rows = cols.reshape(-1, w2t.shape[0])                  # (m*OH*OW, K)
+            np.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
+
+        run_chunks(chunk, batch_chunks(n, oh * ow * w2t.shape[0] * x.itemsize))
+        if b is not None:
+            y2 += b
+        return as_nchw(y2.reshape(n, oh, ow, -1))                  # (N, OC, OH, OW) view
+
+    def backward(self, gy):
+        if backend.is_cupy_array(gy):
+            return super().backward(gy)
+        gx, gw = self._backward_cpu(self.x, self.w, gy)
+        gw = gw if self.needs_input_grad[1] else None
+        if not self.has_bias:
+            return gx, gw
+        return gx, gw, gy.sum(axis=(0, 2, 3))
+
+    def _backward_cpu(self, x, w, gy):
+        """dW2 = gy2^T @ cols (cols copied again from x) and dx, chunk by chunk."""
+        (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
+        n, c, h, width = x.shape
+        out_channels, oh, ow = gy.shape[1:]
+        k = kh * kw * c
+        xt, gyt = channels_last(x), channels_last(gy)
+        gy2 = gyt.reshape(n, oh * ow, out_channels)     # a view when gy is channels-last
+        want_gx = self.needs_input_grad[0]
+        # dx as a convolution of gy needs stride 1 and padding <= kernel - 1 (as in every ResNet)
+        as_conv = want_gx and (sy, sx) == (1, 1) and py <= kh - 1 and px <= kw - 1
+        if as_conv:
+            w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
+            gx = np.empty((n, h, width, c), dtype=gy.dtype)                      # (N, H, W, C)
+        elif want_gx:
+            w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
+            gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
+
+        def chunk(part):
+            m = part.stop - part.start
+            g = gy2[part].reshape(m * oh * ow, out_channels)                     # (rows, OC)
+            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding)
+            gw2 = g.T @ cols.reshape(m * oh * ow, k)                             # (OC, K)
+            del cols
+            if as_conv:  # dx = conv(gy padded by k-1-p, flipped kernel), stride 1
+                gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1),
+                                             (kh - 1 - py, kw - 1 - px))         # (m, H, W, kh, kw, OC)
+                np.matmul(gcols.reshape(m * h * width, -1), w_flip,
+                          out=gx[part].reshape(m * h * width, c))
+            elif want_gx:  # col2im, one kernel offset at a time
+                target = gx[part]                                                # (m, Hp, Wp, C)
+                for i in range(kh):
+                    for j in range(kw):
+                        shifted = (g @ w_offsets[i, j]).reshape(m, oh, ow, c)
+                        target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted
+            return gw2
+
+        gw2 = sum(run_chunks(chunk, batch_chunks(n, oh * ow * k * x.itemsize)))
+        gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
+        if not want_gx:
+            return None, gw
+        if not as_conv:
+            gx = gx[:, py:py + h, px:px + width]
+        return as_nchw(gx), gw                                                   # (N, C, H, W) view
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D convolution (cross-correlation) of x (N, C, H, W) with w (OC, C, kh, kw), bias b (OC,).
+
+    The same function as `minires.ops.conv.conv2d` (the readable reference), computed with
+    channels-last GEMMs; y is an (N, OC, OH, OW) view of channels-last memory.
+    """
+    op = FastConv2d(stride, padding)
+    return op.apply(x, w) if b is None else op.apply(x, w, b)

@@ -1,0 +1,138 @@
+"""The ops minires trains with (ops/conv_fast.py, ops/norm_fast.py) against the readable references
+(ops/conv.py, ops/norm.py), forward and every gradient, on the cases that take their other code
+paths: stride 2 (col2im), padding larger than kernel - 1 (col2im at stride 1), no gradient for x
+(the first layer), several chunks of the batch, one thread or several, and inputs in either memory
+layout (NCHW-contiguous, or the channels-last views the fast ops return).
+
+Gradchecks and PyTorch comparisons of both implementations are in test_gradcheck_ops.py and
+test_torch_oracle.py; this file pins the two to each other, to 1e-12 in float64.
+"""
+import numpy as np
+import pytest
+
+import minires
+from minires.ops import conv as reference_conv
+from minires.ops import conv_fast, norm_fast
+from minires.ops import norm as reference_norm
+from helpers import make
+
+CONV_CASES = [  # (x shape, w shape, stride, padding, bias)
+    ((4, 3, 8, 8), (5, 3, 3, 3), 1, 1, True),        # stride 1: dx as a convolution of gy
+    ((4, 3, 9, 9), (5, 3, 3, 3), 2, 1, False),       # stride 2: col2im, kernel offset by offset
+    ((3, 2, 7, 6), (4, 2, 3, 2), (2, 1), (1, 0), True),
+    ((2, 4, 6, 6), (6, 4, 1, 1), 2, 0, False),       # option-B projection shortcut
+    ((2, 2, 5, 5), (3, 2, 2, 2), 1, 2, True),        # padding > kernel - 1: col2im at stride 1
+]
+
+
+def conv_both(x, w, b, stride, padding, wants_x_grad=True):
+    """Forward and gradients of the fast and the reference conv2d under one upstream gradient."""
+    results = []
+    for conv2d in (conv_fast.conv2d, reference_conv.conv2d):
+        xt, wt = make(x, "cpu", requires_grad=wants_x_grad), make(w, "cpu", requires_grad=True)
+        bt = None if b is None else make(b, "cpu", requires_grad=True)
+        y = conv2d(xt, wt, bt, stride=stride, padding=padding)
+        upstream = np.random.default_rng(1).standard_normal(y.shape)
+        (y * minires.tensor(upstream)).sum().backward()
+        grads = [None if t is None or t.grad is None else t.grad.numpy() for t in (xt, wt, bt)]
+        results.append((y.numpy(), grads))
+    return results
+
+
+def assert_same(fast, reference):
+    (y_fast, grads_fast), (y_ref, grads_ref) = fast, reference
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-12, atol=1e-12)
+    for name, got, want in zip(("x", "w", "b"), grads_fast, grads_ref):
+        assert (got is None) == (want is None), f"grad of {name}: {got is None} vs {want is None}"
+        if got is not None:
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, stride, padding, bias", CONV_CASES)
+def test_fast_conv2d_matches_the_reference(rng, x_shape, w_shape, stride, padding, bias):
+    x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+    b = rng.standard_normal(w_shape[0]) if bias else None
+    assert_same(*conv_both(x, w, b, stride, padding))
+
+
+def test_fast_conv2d_without_a_gradient_for_x(rng):
+    """The first layer: the image needs no gradient, so the op skips dx altogether."""
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    fast, reference = conv_both(x, w, None, 1, 1, wants_x_grad=False)
+    assert fast[1][0] is None
+    assert_same(fast, reference)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
+    """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order."""
+    monkeypatch.setattr(conv_fast, "WORKSPACE_BYTES", 1)
+    monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
+    assert len(conv_fast.batch_chunks(7, 1000)) == 7
+    x, w = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    for stride in (1, 2):
+        assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
+
+
+def test_fast_conv2d_reads_a_channels_last_input_and_returns_one(rng):
+    """y is an NCHW view of channels-last memory; fed to the next conv it is read without a copy
+    and gives the same numbers as a contiguous copy of it."""
+    x, w1, w2 = (rng.standard_normal(s) for s in ((2, 3, 5, 5), (4, 3, 3, 3), (6, 4, 3, 3)))
+    y1 = conv_fast.conv2d(make(x, "cpu"), make(w1, "cpu"), padding=1)
+    assert y1.shape == (2, 4, 5, 5) and y1.data.transpose(0, 2, 3, 1).flags.c_contiguous
+    contiguous = make(np.ascontiguousarray(y1.numpy()), "cpu")
+    np.testing.assert_allclose(conv_fast.conv2d(y1, make(w2, "cpu"), padding=1).numpy(),
+                               reference_conv.conv2d(contiguous, make(w2, "cpu"), padding=1).numpy(),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_fast_conv2d_keeps_the_reference_errors(rng):
+    x, w = make(rng.standard_normal((2, 4, 8, 8)), "cpu"), make(rng.standard_normal((5, 3, 3, 3)), "cpu")
+    with pytest.raises(ValueError, match=r"conv2d: x has 4 channels, w expects 3"):
+        conv_fast.conv2d(x, w)
+
+
+def batch_norm_both(x, training, layout):
+    """Output, gradients and running statistics of the fast and the reference batch_norm."""
+    rng = np.random.default_rng(2)
+    channels = x.shape[1]
+    gamma, beta = rng.uniform(0.5, 2, channels), rng.standard_normal(channels)
+    upstream = rng.standard_normal(x.shape)
+    results = []
+    for batch_norm in (norm_fast.batch_norm, reference_norm.batch_norm):
+        running_mean, running_var = np.linspace(-1, 1, channels), np.linspace(0.5, 2, channels)
+        xt = make(layout(x), "cpu", requires_grad=True)
+        gt, bt = make(gamma, "cpu", requires_grad=True), make(beta, "cpu", requires_grad=True)
+        y = batch_norm(xt, gt, bt, running_mean, running_var, training=training, momentum=0.3)
+        (y * minires.tensor(upstream)).sum().backward()
+        results.append([y.numpy(), xt.grad.numpy(), gt.grad.numpy(), bt.grad.numpy(),
+                        running_mean, running_var])
+    return results
+
+
+def nchw(x):
+    return x
+
+
+def channels_last(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2) if x.ndim == 4 else x
+
+
+@pytest.mark.parametrize("layout", [nchw, channels_last])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("x_shape", [(5, 3), (3, 4, 5, 7), (16, 16, 8, 8)],
+                         ids=["2d", "odd-4d", "wide-rows-4d"])
+def test_fast_batch_norm_matches_the_reference(rng, layout, training, x_shape):
+    """(16, 16, 8, 8) takes the wide-row path (1024 rows read 64 at a time) across several threads;
+    the odd shape has no row grouping (gcd(105, 64) = 1)."""
+    x = rng.standard_normal(x_shape) * 2 + 1
+    fast, reference = batch_norm_both(x, training, layout)
+    for name, got, want in zip(("y", "dx", "dgamma", "dbeta", "running_mean", "running_var"),
+                               fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+def test_fast_batch_norm_keeps_the_reference_errors(rng):
+    x = make(rng.standard_normal((2, 4, 3, 3)), "cpu")
+    with pytest.raises(ValueError, match=r"batch_norm: x has 4 channels but gamma has shape \(3,\)"):
+        norm_fast.batch_norm(x, make(np.ones(3), "cpu"), make(np.zeros(4), "cpu"))

@@ -1,0 +1,293 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · Layer responses: are residual functions close to zero? (Figure 7)
+#
+# He et al. (2015, §3.1) motivate residual learning with a hypothesis: if the best function for a
+# few layers is close to the identity, it is easier to learn a small correction $F(x)$ on top of
+# $x$ than to learn the identity from scratch with a stack of nonlinear layers. Their Figure 7
+# (§4.2) tests it. For every 3x3 convolution of trained CIFAR-10 nets they take the **output of the
+# batch norm that follows it, before the ReLU (and before the residual add)**, and plot its
+# standard deviation layer by layer, once in the network's order and once sorted by size. They
+# find that
+#
+# 1. ResNets have generally **smaller responses** than their plain counterparts, which supports
+#    the idea that residual functions are generally closer to zero than non-residual ones;
+# 2. the **deeper** the ResNet, the smaller the responses: with more layers, each one modifies
+#    the signal less.
+#
+# Here we measure the same quantity with `minires.inspect.record`, which observes every conv and
+# the batch norm right after it through forward hooks, without changing a number.
+#
+# **Modes.** `MINIRES_FAST=1` trains a plain and a residual 20-layer net for 48 steps on 512
+# small synthetic images (seconds; a smoke test). The default trains 20- and 56-layer nets for 4
+# epochs on 5000 synthetic 32x32 images (about a quarter of an hour on a 2-core CPU).
+# `MINIRES_DATASET=cifar10` trains 20-, 56- and 110-layer nets on CIFAR-10 for `MINIRES_EPOCHS`
+# epochs (default 164, the paper's schedule; that needs a GPU, `MINIRES_DEVICE=cuda`). The
+# paper's Figure 7 shows plain-20 and -56 and ResNet-20, -56 and -110; this run also trains a
+# plain-110, for symmetry.
+
+# %%
+import os
+import pathlib
+import time
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minires
+from minires import backend, nn
+from minires.data import DataLoader, load_cifar10, synthetic_cifar
+from minires.inspect import record
+from minires.models import cifar_resnet
+from minires.train import paper_recipe, train
+
+FAST = os.environ.get("MINIRES_FAST") == "1"
+FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
+FIGURES.mkdir(parents=True, exist_ok=True)
+DATASET = os.environ.get("MINIRES_DATASET", "synthetic")  # MINIRES_DATA is CIFAR-10's folder
+DEVICE = backend.default_device()
+SEED = 0
+
+if FAST:
+    config = dict(n_train=512, n_test=256, image_size=16, depths=(20,), batch=32, epochs=3,
+                  log_every=4, augment=False)
+elif DATASET == "cifar10":
+    config = dict(n_train=None, n_test=None, image_size=32, depths=(20, 56, 110), batch=128,
+                  epochs=int(os.environ.get("MINIRES_EPOCHS", "164")), log_every=None, augment=True)
+else:
+    config = dict(n_train=5000, n_test=1000, image_size=32, depths=(20, 56), batch=128, epochs=4,
+                  log_every=13, augment=False)
+print(f"mode: {'fast' if FAST else 'full'}, data: {DATASET}, device: {DEVICE}")
+print(config)
+
+if DATASET == "cifar10":
+    x_train, y_train, x_test, y_test = load_cifar10()
+else:
+    x_train, y_train, x_test, y_test = synthetic_cifar(
+        config["n_train"], config["n_test"], seed=SEED, image_size=config["image_size"])
+
+# %% [markdown]
+# ## What `record` measures, and a control at initialisation
+#
+# `record(model)` is a context manager: while it is open, every `Conv2d` and `Linear` gets a row in
+# `rec.layers`, and when a `BatchNorm2d` runs directly on a conv's output, that row gets
+# `bn_output_std`, the standard deviation (over the batch, the channels and the pixels) of the
+# batch norm's output: Figure 7's quantity. A forward pass is enough; no backward is needed.
+#
+# First a control. At initialisation batch norm's scale $\gamma$ is 1 and its shift $\beta$ is 0,
+# and in training mode it normalises each channel with the batch's own statistics, so every
+# response has standard deviation 1 *by construction*, plain or residual. Whatever differences
+# we find after training were learned.
+
+# %%
+def responses(model, x, train_mode=False):
+    """Figure 7's numbers: std of the BN output after every 3x3 conv, in the network's order.
+    Returns (layer names, stds)."""
+    modules = dict(model.named_modules())
+    model.train(train_mode)
+    with minires.no_grad(), record(model) as rec:
+        model(x)
+    rows = [row for row in rec.layers if isinstance(modules[row["layer"]], nn.Conv2d)
+            and modules[row["layer"]].kernel_size == (3, 3) and "bn_output_std" in row]
+    return [row["layer"] for row in rows], np.array([row["bn_output_std"] for row in rows])
+
+
+def net_name(residual, depth):
+    return f"{'ResNet' if residual else 'plain'}-{depth}"
+
+
+probe = DataLoader(x_test, y_test, 256, shuffle=False, device=DEVICE)  # fast: the whole test set
+x_probe, _ = next(iter(probe))
+x_probe = minires.tensor(x_probe)
+
+for residual in (False, True):
+    minires.manual_seed(SEED)
+    fresh = cifar_resnet(config["depths"][0], residual=residual).to(DEVICE)
+    _, stds = responses(fresh, x_probe, train_mode=True)  # a throwaway net, as initialised
+    print(f"{net_name(residual, config['depths'][0])} at init, train mode: "
+          f"{len(stds)} 3x3 convs, response std min {stds.min():.4f}, max {stds.max():.4f}")
+    assert len(stds) == config["depths"][0] - 1  # every 3x3 conv: all layers but the fc
+    assert np.all(np.abs(stds - 1) < 0.01)
+
+# %% [markdown]
+# ## Train plain and residual nets
+#
+# Same recipe as tutorial 04 (`minires.train.train` with `minires.train.paper_recipe`: SGD with momentum 0.9, weight decay
+# $10^{-4}$, learning rate 0.1 divided by 10 at 50% and 75% of the run, option-A shortcuts so the
+# plain and residual nets have the same parameters and the same initial weights). For its
+# 110-layer net the paper warms up at 0.01 for about 400 iterations; it notes that starting at 0.1
+# only delays convergence by several epochs and reaches similar accuracy, so every net here
+# starts at 0.1.
+
+# %%
+def trained(depth, residual):
+    """A net trained from seed SEED; prints its step count, time and final errors."""
+    minires.manual_seed(SEED)
+    model = cifar_resnet(depth, residual=residual, shortcut="A").to(DEVICE)
+    train_loader = DataLoader(x_train, y_train, config["batch"], shuffle=True,
+                              augment=config["augment"], seed=SEED, device=DEVICE)
+    test_loader = DataLoader(x_test, y_test, 256, shuffle=False, device=DEVICE)
+    steps_per_interval = config["log_every"] or len(train_loader)  # one "epoch" of the loop
+    intervals = config["epochs"] * len(train_loader) // steps_per_interval
+    optimizer, scheduler = paper_recipe(model, epochs=intervals)  # lr / 10 at 50% and 75%
+    start = time.perf_counter()
+    history = train(model, optimizer, train_loader, test_loader, epochs=intervals,
+                    scheduler=scheduler, progress=not FAST,
+                    steps_per_epoch=steps_per_interval)
+    print(f"{net_name(residual, depth)}: {intervals * steps_per_interval} steps in "
+          f"{time.perf_counter() - start:.1f} s, train error {history[-1]['train_error']:.1f}% "
+          f"(last {steps_per_interval} steps), test error {history[-1]['test_error']:.1f}%")
+    return model
+
+
+START = time.perf_counter()
+models = {(residual, depth): trained(depth, residual)
+          for depth in config["depths"] for residual in (False, True)}
+print(f"training: {time.perf_counter() - START:.1f} s")
+
+# %% [markdown]
+# ## Responses after training
+#
+# Now the measurement of Figure 7: each trained net in **eval mode** (batch norm uses its running
+# statistics and its learned $\gamma$, $\beta$, as at test time) runs forward on the same batch of
+# test images, and we read the std of every 3x3 conv's batch-norm output. In a residual net that
+# output is the end of a residual branch (before the add) or the middle of one (before its ReLU):
+# the size of what each layer contributes.
+#
+# One precaution. The running statistics are moving averages of the statistics of recent
+# training batches. After a short run with small batches they do not match what the final
+# weights produce on a large batch: they lag behind weights that moved until recently, and the
+# variance of a batch of a few dozen images slightly underestimates the variance over the whole
+# set, an error that compounds from layer to layer. Eval-mode responses then grow with depth and
+# mostly measure that mismatch (compare the two columns printed below). The paper measured fully
+# trained nets, at the end of a schedule whose last learning rate is 100 times smaller and with
+# batches of 128, where the averages have settled. To get similar footing from a short run we
+# *refresh* the statistics: one forward pass over 512 training images in training mode, with
+# batch norm's momentum set to 1, so the running mean and variance become exactly those of the
+# final weights on that batch; no weight changes. We print the responses before and after, and
+# plot the refreshed ones.
+
+# %%
+def refresh_batch_norm_statistics(model, images):
+    """Set every BN's running mean/var to the statistics of `images` under the current weights."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 1.0  # running = (1 - momentum) * running + momentum * batch statistic
+    model.train()
+    with minires.no_grad():
+        model(images)
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
+
+
+refresh_x, _ = next(iter(DataLoader(x_train, y_train, 512, shuffle=True, seed=SEED + 1,
+                                    device=DEVICE)))
+refresh_x = minires.tensor(refresh_x)
+as_trained, measured, names = {}, {}, {}
+for key, model in models.items():
+    as_trained[key] = responses(model, x_probe)[1]
+    refresh_batch_norm_statistics(model, refresh_x)
+    names[key], measured[key] = responses(model, x_probe)
+
+print(f"{'net':<12}{'layers':>7}{'mean as trained':>17}   refreshed: {'mean':>6}{'median':>8}"
+      f"{'min':>7}{'max':>7}")
+for key, stds in measured.items():
+    residual, depth = key
+    name = net_name(residual, depth)
+    print(f"{name:<12}{len(stds):>7}{as_trained[key].mean():>17.4g}{'':>14}{stds.mean():>6.4g}"
+          f"{np.median(stds):>8.4g}{stds.min():>7.4g}{stds.max():>7.4g}")
+for stds in measured.values():
+    assert np.all(np.isfinite(stds)) and np.all(stds > 0)
+
+# %%
+fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7))
+palette = {False: ["tab:red", "tab:orange", "tab:brown"], True: ["tab:blue", "tab:green",
+                                                                    "tab:purple"]}
+for (residual, depth), stds in measured.items():
+    label = net_name(residual, depth)
+    style = dict(ls="-" if residual else "--", marker=".",
+                 color=palette[residual][config["depths"].index(depth)], label=label)
+    top.plot(np.arange(1, len(stds) + 1), stds, **style)
+    bottom.plot(np.arange(1, len(stds) + 1), np.sort(stds)[::-1], **style)
+top.set_xlabel("layer index (original)")
+bottom.set_xlabel("layer index (sorted by magnitude)")
+for ax in (top, bottom):
+    ax.set_ylabel("std")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+fig.suptitle(f"Std of each 3x3 conv's BN output (before ReLU / add), eval mode, refreshed BN "
+             f"statistics\n{DATASET} test images{', fast mode: briefly trained' if FAST else ''}")
+fig.tight_layout()
+path = FIGURES / "07_layer_responses.png"
+fig.savefig(path, dpi=100)
+plt.close(fig)
+print("saved", path)
+
+# %% [markdown]
+# ## What this run shows
+#
+# The paper's two observations, checked on this run's numbers (computed verdicts, not prose
+# written in advance):
+
+# %%
+for depth in config["depths"]:
+    plain, res = measured[(False, depth)], measured[(True, depth)]
+    smaller = res.mean() < plain.mean()
+    share = float(np.mean(res < plain))
+    print(f"depth {depth}: ResNet responses are {'SMALLER' if smaller else 'NOT smaller'} than "
+          f"plain on average ({res.mean():.3f} vs {plain.mean():.3f}); smaller in "
+          f"{100 * share:.0f}% of the layers")
+    # the last conv of each block: in a ResNet, its BN output is F(x), what the block adds to x
+    ends = np.array([n.endswith(".conv2") for n in names[(True, depth)]])
+    inside = np.array([n.endswith(".conv1") for n in names[(True, depth)]])  # not the stem conv1
+    print(f"depth {depth}: at the end of each block (conv2's BN, before the add/ReLU): ResNet "
+          f"{res[ends].mean():.3f} vs plain {plain[ends].mean():.3f}; inside the blocks "
+          f"(conv1's BN): ResNet {res[inside].mean():.3f} vs plain {plain[inside].mean():.3f}")
+    gammas = {r: np.mean([float(np.abs(backend.to_numpy(m.weight.data)).mean())
+                          for n, m in models[(r, depth)].named_modules() if n.endswith(".bn2")])
+              for r in (False, True)}
+    print(f"depth {depth}: mean |gamma| of those block-end batch norms: ResNet {gammas[True]:.3f}, "
+          f"plain {gammas[False]:.3f} (1 at initialisation)")
+for shallow, deep in zip(config["depths"], config["depths"][1:]):
+    a, b = measured[(True, shallow)].mean(), measured[(True, deep)].mean()
+    print(f"ResNet-{deep} vs ResNet-{shallow}: mean response {b:.3f} vs {a:.3f}, "
+          f"{'smaller' if b < a else 'NOT smaller'} for the deeper net")
+if FAST:
+    print("\n(fast mode: a few dozen steps; weight decay and the learned batch-norm scales have "
+          "had little time to act, so read these as a smoke test, not as Figure 7)")
+
+# %% [markdown]
+# How to read it. At initialisation every response was 1 (the control above); whatever differs
+# now was learned. With refreshed statistics, a batch norm's output std is set mostly by its
+# learned scales $\gamma$ (and the spread of its shifts $\beta$), which the loss moves and weight
+# decay pulls toward 0 unless the loss needs them. The block-end lines above separate the two
+# kinds of 3x3 layer of a block: the second conv's batch norm produces $F(x)$, what the block adds
+# to its input, and the first conv's sits inside the branch, before its ReLU.
+#
+# A plausible mechanism for the paper's observation: in a residual net, a branch whose output is
+# not needed can shrink, since the shortcut keeps the signal going; in a plain net every layer
+# *is* the signal path and has to keep it alive. That is the paper's reading: "residual
+# functions might be generally closer to zero than the non-residual functions".
+#
+# It takes training to develop. In a run of a few dozen steps (the fast mode) the scales have had
+# little time to move away from 1 (the |gamma| line says how far they got), and the verdicts
+# above are small effects either way, from one short, seeded run. The paper's Figure 7 is
+# measured after the full CIFAR-10 schedule (64k iterations); run
+#
+#     MINIRES_DATASET=cifar10 MINIRES_DEVICE=cuda python tutorials/07_layer_responses.py
+#
+# on a GPU to measure it on the same footing.
