@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from threadpoolctl import ThreadpoolController
 
 _lock = threading.Lock()
-_pool = None
+_pool, _pool_size = None, 0
 _blas = None  # a ThreadpoolController, made on first use (it scans the loaded libraries)
 
 
@@ -31,12 +31,13 @@ def num_threads():
 
 
 def _pool_of(size):
-    global _pool
+    """The shared pool, remade when MINIRES_NUM_THREADS asks for another size."""
+    global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool._max_workers != size:
+        if _pool_size != size:
             if _pool is not None:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(size, thread_name_prefix="minires")
+            _pool, _pool_size = ThreadPoolExecutor(size, thread_name_prefix="minires"), size
         return _pool
 
 
