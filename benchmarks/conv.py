@@ -6,9 +6,10 @@
 
 Each row is one convolution of the network (3x3 kernels, padding 1, no bias as before batch norm):
 the stem, the three stages' stride-1 convs, and the two stride-2 convs that open stages 2 and 3.
-One call is y = conv2d(x, w); y.backward(g) with gradients for x and w. The two frameworks run
-interleaved (minires, torch, minires, torch, ...) after a warm-up, so drifts in machine load hit
-both alike; each time is the median of the repeats, and the ratio is minires / torch (lower is
+One call is y = conv2d(x, w); y.backward(g) with gradients for x and w. The two frameworks take
+turns (minires, torch, minires, torch, ...) after a warm-up, so drifts in machine load hit both
+alike; each turn is an untimed call and a timed one, since torch's OpenMP threads keep spinning
+for a while after its calls and would slow the framework that runs right after them; each time is the median of the repeats, and the ratio is minires / torch (lower is
 better for minires). Without torch, only minires's times are printed.
 """
 import argparse
@@ -99,8 +100,9 @@ def benchmark(batch, device, dtype, repeats, warmup, torch):
         for _ in range(warmup):
             for call in calls.values():
                 call()
-        for _ in range(repeats):  # interleaved
+        for _ in range(repeats):  # taking turns; an untimed call first absorbs the switch
             for k, call in calls.items():
+                call()
                 times[k].append(seconds(call))
         row = {"conv": name, "x": [batch, cin, size, size], "w": [cout, cin, 3, 3],
                "stride": stride}
@@ -156,7 +158,7 @@ def main(argv=None):
         "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
     }
     header = (f"conv2d forward+backward, ResNet-20 CIFAR shapes: batch {args.batch}, "
-              f"{args.dtype}, {args.device}; median of {args.repeats} interleaved calls after "
+              f"{args.dtype}, {args.device}; median of {args.repeats} calls each, taking turns, after "
               f"{args.warmup} warm-up")
     if torch is None:
         header += "\n(torch not available: minires times only)"
