@@ -39,3 +39,18 @@ def assert_close(actual, expected, rtol, atol=0.0, what=""):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     scale = max(1.0, float(np.abs(expected).max())) if expected.size else 1.0
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol * scale, err_msg=what)
+
+
+# input makers for the op tables: each takes a NumPy Generator and returns a float64 array
+def normal(*shape):
+    return lambda rng: rng.standard_normal(shape)
+
+
+def positive(*shape):
+    """Values in [0.5, 2): for log, sqrt-like ops and batch norm's gamma."""
+    return lambda rng: rng.uniform(0.5, 2.0, shape)
+
+
+def away_from_zero(*shape):
+    """|values| in [0.5, 1.5): for division and kinks at zero."""
+    return lambda rng: rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)

@@ -19,19 +19,7 @@ from minires import backend
 from minires.autograd import Function
 from minires.ops import conv as reference_conv
 from minires.ops import norm as reference_norm
-from helpers import make, spaced
-
-
-def normal(*shape):
-    return lambda rng: rng.standard_normal(shape)
-
-
-def positive(*shape):
-    return lambda rng: rng.uniform(0.5, 2.0, shape)
-
-
-def away_from_zero(*shape):
-    return lambda rng: rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
+from helpers import away_from_zero, make, normal, positive, spaced
 
 
 def distinct(*shape):

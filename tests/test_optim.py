@@ -42,7 +42,7 @@ def run(make_opt, params, steps, start=0, skip_some=False):
     return opt
 
 
-def compare_with_torch(optimizer, kwargs, device, groups=list, skip_some=False, steps=10):
+def assert_steps_match_torch(optimizer, kwargs, device, groups=list, skip_some=False, steps=10):
     """Same params and gradients in both: parameters agree to 1e-12 after every step.
 
     `optimizer` is SGD or Adam; `groups(params)` builds what both constructors receive.
@@ -85,14 +85,14 @@ ADAM_CONFIGS = {
 @pytest.mark.parametrize("skip_some", [False, True], ids=["all_grads", "some_grads_none"])
 @pytest.mark.torch
 def test_sgd_matches_torch(config, device, skip_some):
-    compare_with_torch(SGD, SGD_CONFIGS[config], device, skip_some=skip_some)
+    assert_steps_match_torch(SGD, SGD_CONFIGS[config], device, skip_some=skip_some)
 
 
 @pytest.mark.parametrize("config", ADAM_CONFIGS)
 @pytest.mark.parametrize("skip_some", [False, True], ids=["all_grads", "some_grads_none"])
 @pytest.mark.torch
 def test_adam_matches_torch(config, device, skip_some):
-    compare_with_torch(Adam, ADAM_CONFIGS[config], device, skip_some=skip_some)
+    assert_steps_match_torch(Adam, ADAM_CONFIGS[config], device, skip_some=skip_some)
 
 
 @pytest.mark.parametrize("optimizer", [SGD, Adam])
@@ -101,7 +101,7 @@ def test_param_groups_match_torch(optimizer):
     def groups(ps):
         return [{"params": ps[:2], "lr": 0.3}, {"params": ps[2:], "weight_decay": 0.1}]
 
-    compare_with_torch(optimizer, dict(lr=0.01), "cpu", groups=groups)
+    assert_steps_match_torch(optimizer, dict(lr=0.01), "cpu", groups=groups)
 
 
 # --- learning-rate schedules ------------------------------------------------------------------

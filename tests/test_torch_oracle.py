@@ -10,7 +10,7 @@ import pytest
 import minires.functional as F
 from minires.ops import conv as reference_conv
 from minires.ops import norm as reference_norm
-from helpers import assert_close, import_torch, make
+from helpers import assert_close, away_from_zero, import_torch, make, normal, positive
 
 torch = import_torch()
 TF = torch.nn.functional
@@ -22,24 +22,12 @@ DTYPES = [pytest.param(np.float64, id="float64"), pytest.param(np.float32, id="f
 TOLERANCE = {np.float64: (1e-10, 1e-10), np.float32: (1e-5, 1e-6)}
 
 
-def normal(*shape):
-    return lambda rng: rng.standard_normal(shape)
-
-
-def positive(*shape):
-    return lambda rng: rng.uniform(0.5, 2.0, shape)
-
-
-def away_from_zero(*shape):
-    return lambda rng: rng.uniform(0.5, 1.5, shape) * rng.choice([-1.0, 1.0], shape)
-
-
 def small_integers(*shape):
     """Values in {0, 1, 2}: full of ties, which minires.max shares equally, as torch.amax does."""
     return lambda rng: rng.integers(0, 3, shape).astype(np.float64)
 
 
-def compare(minires_fn, torch_fn, arrays, device, dtype, rng):
+def assert_matches_torch(minires_fn, torch_fn, arrays, device, dtype, rng):
     """Run both, compare outputs, back-propagate the same random gradient, compare input grads."""
     rtol, atol = TOLERANCE[dtype]
     arrays = [np.asarray(a, dtype=dtype) for a in arrays]
@@ -157,13 +145,13 @@ CASES = [
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case_id, ours, theirs, makers", CASES, ids=[c[0] for c in CASES])
 def test_matches_torch(device, rng, dtype, case_id, ours, theirs, makers):
-    compare(ours, theirs, [m(rng) for m in makers], device, dtype, rng)
+    assert_matches_torch(ours, theirs, [m(rng) for m in makers], device, dtype, rng)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cross_entropy_matches_torch(device, rng, dtype):
     labels = np.array([0, 5, 2, 2, 1])
-    compare(lambda x: F.cross_entropy(x, make(labels, device)),
+    assert_matches_torch(lambda x: F.cross_entropy(x, make(labels, device)),
             lambda x: TF.cross_entropy(x, torch.from_numpy(labels)),
             [rng.standard_normal((5, 6)) * 3], device, dtype, rng)
 
@@ -185,7 +173,7 @@ def test_batch_norm_train_matches_torch(device, rng, batch_norm, dtype, x_shape)
     ours_var = make(start_var.copy(), device, dtype=dtype)
     torch_mean = torch.tensor(start_mean.astype(dtype))
     torch_var = torch.tensor(start_var.astype(dtype))
-    compare(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, True, momentum=0.2),
+    assert_matches_torch(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, True, momentum=0.2),
             lambda x, g, b: TF.batch_norm(x, torch_mean, torch_var, g, b, True, momentum=0.2),
             [rng.standard_normal(x_shape) * 2 + 1, rng.uniform(0.5, 2, channels),
              rng.standard_normal(channels)], device, dtype, rng)
@@ -203,7 +191,7 @@ def test_batch_norm_eval_matches_torch(device, rng, batch_norm, dtype, x_shape):
     ours_mean = make(mean.copy(), device, dtype=dtype)
     ours_var = make(var.copy(), device, dtype=dtype)
     torch_mean, torch_var = torch.tensor(mean.astype(dtype)), torch.tensor(var.astype(dtype))
-    compare(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, training=False),
+    assert_matches_torch(lambda x, g, b: batch_norm(x, g, b, ours_mean, ours_var, training=False),
             lambda x, g, b: TF.batch_norm(x, torch_mean, torch_var, g, b, training=False),
             [rng.standard_normal(x_shape), rng.uniform(0.5, 2, channels),
              rng.standard_normal(channels)], device, dtype, rng)

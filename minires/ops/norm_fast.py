@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import backend
 from ._parallel import num_threads, run_chunks, split
-from .norm import BatchNorm
+from .norm import BatchNorm, _array
 
 
 def as_rows(x):
@@ -152,7 +152,5 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
                eps=1e-5):
     """Batch norm of x (N, C) or (N, C, H, W): the same function as the readable
     `minires.ops.norm.batch_norm`, with fewer passes over memory (see the module docstring)."""
-    from .norm import _array
-
     return FastBatchNorm(_array(running_mean), _array(running_var), training, momentum,
                          eps).apply(x, gamma, beta)

@@ -16,13 +16,15 @@ None are skipped and get no state.
     "param_groups.0.params" -> array([0, 1, 2])      "param_groups.0.lr" -> 0.1
     "state.1.momentum_buffer" -> array(...)           "state.1.step" -> 3
 """
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .. import backend
 from ..autograd import Tensor, no_grad
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base class: subclasses set `buffer_names`/`scalar_names` and define `_update`."""
 
     buffer_names = ()  # per-parameter state arrays, shaped like the parameter
@@ -90,8 +92,9 @@ class Optimizer:
                              f"{backend.device_of(grad)}")
         return grad
 
-    def _update(self, p, grad, group, state):  # pragma: no cover - every optimizer overrides it
-        raise NotImplementedError(f"{self._name} defines no _update")
+    @abstractmethod
+    def _update(self, p, grad, group, state):
+        """Change p.data in place from its gradient, its group's settings and its state."""
 
     # --- state_dict: flat {str: numpy array or Python scalar} ----------------------------------
     def _params(self):
