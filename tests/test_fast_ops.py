@@ -1,8 +1,9 @@
 """The ops minires trains with (ops/conv_fast.py, ops/norm_fast.py) against the readable references
 (ops/conv.py, ops/norm.py), forward and every gradient, on the cases that take their other code
-paths: stride 2 (col2im), padding larger than kernel - 1 (col2im at stride 1), no gradient for x
-(the first layer), several chunks of the batch, one thread or several, and inputs in either memory
-layout (NCHW-contiguous, or the channels-last views the fast ops return).
+paths: stride 1 (both gradients from the cols of gy), stride 2 (cols of x and col2im), padding
+larger than kernel - 1 (col2im at stride 1), no gradient for x (the first layer), several chunks
+of the batch, one thread or several, and inputs in either memory layout (NCHW-contiguous, or the
+channels-last views the fast ops return).
 
 Gradchecks and PyTorch comparisons of both implementations are in test_gradcheck_ops.py and
 test_torch_oracle.py; this file pins the two to each other, to 1e-12 in float64.
@@ -22,6 +23,8 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, bias)
     ((3, 2, 7, 6), (4, 2, 3, 2), (2, 1), (1, 0), True),
     ((2, 4, 6, 6), (6, 4, 1, 1), 2, 0, False),       # option-B projection shortcut
     ((2, 2, 5, 5), (3, 2, 2, 2), 1, 2, True),        # padding > kernel - 1: col2im at stride 1
+    ((2, 3, 6, 7), (4, 3, 3, 2), 1, (1, 0), False),  # stride 1, kh != kw: dW from the flipped gcols
+    ((2, 4, 5, 5), (3, 4, 1, 1), 1, 0, True),        # 1x1, stride 1: gcols are gy itself
 ]
 
 
@@ -72,6 +75,21 @@ def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
     x, w = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
     for stride in (1, 2):
         assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
+
+
+def test_fast_conv2d_backward_at_stride_1_copies_only_gy(rng, monkeypatch):
+    """At stride 1 both gradients come from the cols of gy: the backward makes no cols of x."""
+    copied_channels, im2col = [], conv_fast.im2col_channels_last
+
+    def counting_im2col(x_nhwc, *args):
+        copied_channels.append(x_nhwc.shape[-1])
+        return im2col(x_nhwc, *args)
+    x = make(rng.standard_normal((2, 3, 6, 6)), "cpu", requires_grad=True)
+    y = conv_fast.conv2d(x, make(rng.standard_normal((5, 3, 3, 3)), "cpu", requires_grad=True),
+                         padding=1)
+    monkeypatch.setattr(conv_fast, "im2col_channels_last", counting_im2col)
+    y.sum().backward()
+    assert copied_channels and set(copied_channels) == {5}  # gy's 5 channels, never x's 3
 
 
 def test_fast_conv2d_reads_a_channels_last_input_and_returns_one(rng):

@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import ThreadpoolController
 
+CORES = os.cpu_count() or 1  # asked once: each call reads the system's CPU list (6 us here)
+
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
 _blas = None  # a ThreadpoolController, made on first use (it scans the loaded libraries)
@@ -25,9 +27,9 @@ _blas = None  # a ThreadpoolController, made on first use (it scans the loaded l
 def num_threads():
     """Threads in the pool: env MINIRES_NUM_THREADS, else the number of cores."""
     try:
-        return max(1, int(os.environ.get("MINIRES_NUM_THREADS", "") or os.cpu_count() or 1))
+        return max(1, int(os.environ.get("MINIRES_NUM_THREADS", "") or CORES))
     except ValueError:
-        return os.cpu_count() or 1
+        return CORES
 
 
 def _pool_of(size):

@@ -13,11 +13,13 @@ product is one large matrix product with no transposing copy:
     cols (rows, K)         one row per output pixel: its kh x kw x C window, K = kh*kw*C; built by
                            ONE strided copy from a sliding-window view of the padded input.
     forward                y2 = cols @ W2^T         (rows, K) @ (K, OC)        -> (rows, OC)
-    weights                dW2 = gy2^T @ cols       (OC, rows) @ (rows, K)     -> (OC, K)
-    input, stride 1        dx is itself a convolution: of gy, padded by k-1-p, with the kernel
-                           flipped and its channel axes swapped:
-                           dx2 = cols(gy) @ Wflip   (rows, kh*kw*OC) @ (kh*kw*OC, C)
-    input, stride > 1      col2im of gy2 @ W2 one kernel offset at a time:
+    backward, stride 1     dx is itself a convolution: of gy, padded by k-1-p, with the kernel
+                           flipped and its channel axes swapped, and the same cols of gy give dW:
+                           dx2 = gcols @ Wflip      (rows, kh*kw*OC) @ (kh*kw*OC, C)
+                           G   = x2^T @ gcols       (C, rows) @ (rows, kh*kw*OC), dW = G flipped
+                           (one im2col per backward, of gy; x2 is x as (rows, C), a free view)
+    backward, stride > 1   dW2 = gy2^T @ cols       (OC, rows) @ (rows, K)     -> (OC, K)
+                           and col2im of gy2 @ W2 one kernel offset at a time:
                            dxpad[:, i::sy, j::sx] += gy2 @ W[:, :, i, j]   (rows, OC) @ (OC, C)
 
 W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free view when gy is
@@ -26,9 +28,10 @@ channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 Chunks. The batch goes through a few images at a time: one chunk's cols (kh*kw times its input)
 stays in the cache between the copy and the GEMM, and the whole (N*OH*OW, K) matrix, tens of MB
 that the allocator would map (and the kernel zero) afresh at every call, never exists. The chunks
-run on all cores at once (ops/_parallel.py). cols is not kept for the backward but copied again
-from x: keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at
-batch 128 (PyTorch also keeps only x).
+run on all cores at once (ops/_parallel.py). cols is not kept for the backward: keeping kh*kw
+times every layer's input would add about 0.9 GB to a ResNet-20 step at batch 128 (PyTorch also
+keeps only x). At stride 1 the backward needs no cols of x at all (gcols above); at other strides,
+and where x needs no gradient (the first layer), it copies them again from x.
 
 This is a NumPy (CPU) path. On a CuPy array the op runs the reference's forward and backward,
 whose batched products already go to cuBLAS.
@@ -36,6 +39,7 @@ whose batched products already go to cuBLAS.
 import numpy as np
 
 from .. import backend
+from ._memory import keep_freed_memory
 from ._parallel import num_threads, run_chunks
 from .conv import Conv2d
 
@@ -89,6 +93,7 @@ class FastConv2d(Conv2d):
     def forward(self, x, w, b=None):
         if backend.is_cupy_array(x):
             return super().forward(x, w, b)
+        keep_freed_memory()  # ops/_memory.py: no fresh pages every step
         self.x, self.w = x, w
         (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
         n, c, h, width = x.shape
@@ -110,27 +115,60 @@ class FastConv2d(Conv2d):
     def backward(self, gy):
         if backend.is_cupy_array(gy):
             return super().backward(gy)
-        gx, gw = self._backward_cpu(self.x, self.w, gy)
+        (kh, kw), (py, px) = self.kernel, self.padding
+        # dx as a convolution of gy needs stride 1 and padding <= kernel - 1 (as in every ResNet)
+        if (self.needs_input_grad[0] and self.stride == (1, 1)
+                and py <= kh - 1 and px <= kw - 1):
+            gx, gw = self._backward_through_gy_cols(self.x, self.w, gy)
+        else:
+            gx, gw = self._backward_through_x_cols(self.x, self.w, gy)
         gw = gw if self.needs_input_grad[1] else None
         if len(self.needs_input_grad) == 2:  # applied without a bias
             return gx, gw
         return gx, gw, gy.sum(axis=(0, 2, 3))
 
-    def _backward_cpu(self, x, w, gy):
-        """dW2 = gy2^T @ cols (cols copied again from x) and dx, chunk by chunk."""
+    def _backward_through_gy_cols(self, x, w, gy):
+        """Stride 1: one im2col, of gy padded by k-1-p, gives both gradients.
+
+            dx2 = gcols @ Wflip                      (rows, kh*kw*OC) @ (kh*kw*OC, C)
+            G   = x2^T @ gcols                       (C, rows) @ (rows, kh*kw*OC)
+            dW[o, c, i, j] = G[c, kh-1-i, kw-1-j, o]
+
+        The second line: the input pixel at row r meets, through kernel offset (i, j), the output
+        gradient that gcols holds at (r, kh-1-i, kw-1-j) (substitute the output pixel
+        y = r_y - i + p into the padding k-1-p). x2 is x as (rows, C), a free view of
+        channels-last x, so no cols of x are made at all.
+        """
+        (kh, kw), (py, px) = self.kernel, self.padding
+        n, c, h, width = x.shape
+        out_channels = gy.shape[1]
+        x2 = channels_last(x).reshape(n, h * width, c)   # a view when x is channels-last
+        gyt = channels_last(gy)
+        w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
+        gx = np.empty((n, h * width, c), dtype=gy.dtype)                     # (N, H*W, C)
+
+        def chunk(part):
+            gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1),
+                                         (kh - 1 - py, kw - 1 - px))         # (m, H, W, kh, kw, OC)
+            gcols = gcols.reshape(-1, w_flip.shape[0])                       # (rows, kh*kw*OC)
+            np.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
+            return x2[part].reshape(-1, c).T @ gcols                         # (C, kh*kw*OC)
+
+        g = sum(run_chunks(chunk, batch_chunks(n, h * width * w_flip.shape[0] * x.itemsize)))
+        gw = g.reshape(c, kh, kw, out_channels)[:, ::-1, ::-1].transpose(3, 0, 1, 2)
+        return as_nchw(gx.reshape(n, h, width, c)), np.ascontiguousarray(gw)
+
+    def _backward_through_x_cols(self, x, w, gy):
+        """Any stride: dW2 = gy2^T @ cols (cols copied again from x) and, if x needs a gradient,
+        dx by col2im, one kernel offset at a time."""
         (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
         n, c, h, width = x.shape
         out_channels, oh, ow = gy.shape[1:]
         k = kh * kw * c
-        xt, gyt = channels_last(x), channels_last(gy)
-        gy2 = gyt.reshape(n, oh * ow, out_channels)     # a view when gy is channels-last
+        xt = channels_last(x)
+        gy2 = channels_last(gy).reshape(n, oh * ow, out_channels)  # a view for channels-last gy
         want_gx = self.needs_input_grad[0]
-        # dx as a convolution of gy needs stride 1 and padding <= kernel - 1 (as in every ResNet)
-        as_conv = want_gx and (sy, sx) == (1, 1) and py <= kh - 1 and px <= kw - 1
-        if as_conv:
-            w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
-            gx = np.empty((n, h, width, c), dtype=gy.dtype)                      # (N, H, W, C)
-        elif want_gx:
+        if want_gx:
             w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
             gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
 
@@ -140,12 +178,7 @@ class FastConv2d(Conv2d):
             cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding)
             gw2 = g.T @ cols.reshape(m * oh * ow, k)                             # (OC, K)
             del cols
-            if as_conv:  # dx = conv(gy padded by k-1-p, flipped kernel), stride 1
-                gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1),
-                                             (kh - 1 - py, kw - 1 - px))         # (m, H, W, kh, kw, OC)
-                np.matmul(gcols.reshape(m * h * width, -1), w_flip,
-                          out=gx[part].reshape(m * h * width, c))
-            elif want_gx:  # col2im, one kernel offset at a time
+            if want_gx:
                 target = gx[part]                                                # (m, Hp, Wp, C)
                 for i in range(kh):
                     for j in range(kw):
@@ -157,9 +190,7 @@ class FastConv2d(Conv2d):
         gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
         if not want_gx:
             return None, gw
-        if not as_conv:
-            gx = gx[:, py:py + h, px:px + width]
-        return as_nchw(gx), gw                                                   # (N, C, H, W) view
+        return as_nchw(gx[:, py:py + h, px:px + width]), gw                     # (N, C, H, W) view
 
 
 def conv2d(x, w, b=None, stride=1, padding=0):
