@@ -1,6 +1,5 @@
 """ops/_memory.py: with glibc's thresholds raised, an array freed and made again reuses the same
 pages (no page faults); MINIRES_KEEP_FREED_MEMORY=0 leaves malloc as it was."""
-import ctypes
 import json
 import os
 import subprocess
@@ -29,13 +28,6 @@ print(json.dumps({"applied": applied, "faults": faults}))
 """
 
 
-def has_glibc_mallopt():
-    try:
-        return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")
-    except OSError:
-        return False
-
-
 def run_child(keep):
     env = dict(os.environ, MINIRES_KEEP_FREED_MEMORY=keep, PYTHONPATH=REPO)
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True,
@@ -43,7 +35,7 @@ def run_child(keep):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not has_glibc_mallopt(), reason="needs Linux with glibc's mallopt")
+@pytest.mark.skipif(_memory.glibc_mallopt() is None, reason="needs Linux with glibc's mallopt")
 def test_freed_arrays_come_back_without_page_faults():
     kept, default = run_child("1"), run_child("0")
     assert kept["applied"] is True and default["applied"] is False

@@ -25,16 +25,23 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's 
 _applied = False
 
 
+def glibc_mallopt():
+    """glibc's `mallopt`, or None where the C library has none (not Linux, or musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory():
     """Raise glibc's trim and mmap thresholds (once per process); True if malloc was set."""
     global _applied
     if _applied or os.environ.get("MINIRES_KEEP_FREED_MEMORY", "1").strip() == "0":
         return False
     _applied = True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # glibc's; other C libraries (musl) lack it
-    except (OSError, AttributeError):
+    mallopt = glibc_mallopt()
+    if mallopt is None:
         return False
     return bool(mallopt(M_TRIM_THRESHOLD, KEEP_BYTES)) and bool(mallopt(M_MMAP_THRESHOLD, KEEP_BYTES))
