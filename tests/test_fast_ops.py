@@ -77,6 +77,29 @@ def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
         assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
 
 
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_batch_chunks_are_equal_and_a_multiple_of_the_threads(monkeypatch, threads):
+    """At most WORKSPACE_BYTES per chunk, sizes within one image, no thread left alone at the end."""
+    monkeypatch.setattr(conv_fast, "WORKSPACE_BYTES", 7 * 1000)  # 7 images of 1000 bytes
+    monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
+    chunks = conv_fast.batch_chunks(128, 1000)
+    sizes = [part.stop - part.start for part in chunks]
+    assert chunks[0].start == 0 and chunks[-1].stop == 128
+    assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
+    assert max(sizes) <= 7 and max(sizes) - min(sizes) <= 1
+    assert len(chunks) % int(threads) == 0
+
+
+@pytest.mark.parametrize("padding", [(1, 1), (2, 1), (0, 3)])
+def test_pad_channels_last_is_np_pad(rng, padding):
+    """The border is written as zeros even where the new array's memory held other numbers."""
+    x = rng.standard_normal((2, 3, 4, 5)).transpose(0, 2, 3, 1)       # (N, H, W, C), strided
+    (py, px), shape = padding, (2, 4 + 2 * padding[0], 5 + 2 * padding[1], 3)
+    np.full(shape, np.nan)  # made and freed just before: malloc tends to hand its bytes out again
+    np.testing.assert_array_equal(conv_fast.pad_channels_last(x, padding),
+                                  np.pad(x, ((0, 0), (py, py), (px, px), (0, 0))))
+
+
 def test_fast_conv2d_backward_at_stride_1_copies_only_gy(rng, monkeypatch):
     """At stride 1 both gradients come from the cols of gy: the backward makes no cols of x."""
     copied_channels, im2col = [], conv_fast.im2col_channels_last

@@ -146,6 +146,7 @@ def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):
                                linear, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the inf is the point
 def test_detect_anomaly_names_op_and_layer_in_forward_and_backward(device):
     model = minires.nn.Sequential(minires.nn.Linear(3, 2))
     x = make(np.ones((1, 3), dtype=np.float32), device)
