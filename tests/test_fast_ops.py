@@ -173,6 +173,18 @@ def test_fast_batch_norm_matches_the_reference(rng, layout, training, x_shape):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training):
+    """Blocks of 3 wide rows (the last one of each thread shorter) on 2 threads: the same numbers."""
+    monkeypatch.setattr(norm_fast, "BLOCK_BYTES", 3 * 64 * 16 * 8)  # 3 rows of 64 * 16 float64
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    wide = norm_fast.WideRows(64 * 8 * 8, 16)                      # 64 rows, 32 per thread
+    assert [len(wide.blocks(part, 8)) for part in wide.parts()] == [11, 11]
+    fast, reference = batch_norm_both(rng.standard_normal((64, 16, 8, 8)), training, channels_last)
+    for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
 def test_fast_batch_norm_keeps_the_reference_errors(rng):
     x = make(rng.standard_normal((2, 4, 3, 3)), "cpu")
     with pytest.raises(ValueError, match=r"batch_norm: x has 4 channels but gamma has shape \(3,\)"):
