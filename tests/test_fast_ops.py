@@ -8,12 +8,15 @@ channels-last views the fast ops return).
 Gradchecks and PyTorch comparisons of both implementations are in test_gradcheck_ops.py and
 test_torch_oracle.py; this file pins the two to each other, to 1e-12 in float64.
 """
+import threading
+import time
+
 import numpy as np
 import pytest
 
 import minires
 from minires.ops import conv as reference_conv
-from minires.ops import conv_fast, norm_fast
+from minires.ops import _parallel, conv_fast, norm_fast
 from minires.ops import norm as reference_norm
 from helpers import make
 
@@ -64,6 +67,32 @@ def test_fast_conv2d_without_a_gradient_for_x(rng):
     fast, reference = conv_both(x, w, None, 1, 1, wants_x_grad=False)
     assert fast[1][0] is None
     assert_same(fast, reference)
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_run_chunks_runs_each_chunk_once_in_order_of_results(monkeypatch, threads):
+    """Results come back in the chunks' order, whichever thread ran each; the caller works too."""
+    monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
+    ran_in = []
+
+    def square(k):
+        ran_in.append(threading.get_ident())
+        time.sleep(0.001)  # long enough that no thread takes every chunk
+        return k * k
+    assert _parallel.run_chunks(square, list(range(50))) == [k * k for k in range(50)]
+    assert len(ran_in) == 50 and threading.get_ident() in ran_in
+    assert len(set(ran_in)) == int(threads)
+
+
+def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+
+    def fail_on_7(k):
+        if k == 7:
+            raise ValueError("chunk 7")
+        return k
+    with pytest.raises(ValueError, match="chunk 7"):
+        _parallel.run_chunks(fail_on_7, list(range(20)))
 
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])

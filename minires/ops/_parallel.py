@@ -2,15 +2,16 @@
 
 NumPy does one thing at a time in one thread, except BLAS (the matrix products), which starts
 threads of its own. The fast convolution and batch norm (ops/conv_fast.py, ops/norm_fast.py) cut
-the batch into chunks and hand the chunks to a pool of threads: NumPy releases the GIL inside
-copies, ufunc loops and BLAS calls, so the chunks run on all cores at once (measured: ResNet-20,
-batch 128, 2 cores: 1.6x the steps per second of one thread). While the pool works, BLAS is held at
-one thread per call (through `threadpoolctl`), else each of the pool's threads would start BLAS
-threads of its own and the two kinds would fight over the cores.
+the batch into chunks that the calling thread and a pool of helper threads take in turn: NumPy
+releases the GIL inside copies, ufunc loops and BLAS calls, so the chunks run on all cores at once
+(measured: ResNet-20, batch 128, 2 cores: 1.6x the steps per second of one thread). While they
+work, BLAS is held at one thread per call (through `threadpoolctl`), else each thread would start
+BLAS threads of its own and the two kinds would fight over the cores.
 
-The pool has MINIRES_NUM_THREADS threads (default: the number of cores); 1 runs every chunk in the
-calling thread, in order.
+MINIRES_NUM_THREADS threads work on the chunks (default: the number of cores): the caller and
+that many minus one helpers; 1 runs every chunk in the calling thread, in order.
 """
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ def num_threads():
 
 
 def _pool_of(size):
-    """The shared pool, remade when MINIRES_NUM_THREADS asks for another size."""
+    """The shared pool of helpers, remade when MINIRES_NUM_THREADS asks for another size."""
     global _pool, _pool_size
     with _lock:
         if _pool_size != size:
@@ -52,12 +53,29 @@ def _blas_controller():
 
 
 def run_chunks(fn, chunks):
-    """[fn(chunk) for chunk in chunks], the calls spread over the pool (BLAS at one thread)."""
+    """[fn(chunk) for chunk in chunks], the calls spread over the calling thread and the pool's
+    helpers (BLAS at one thread). Each thread takes the next chunk when it is done with one. The
+    caller works too: when it only waited, waking at each finished chunk, it took a core from the
+    workers (ResNet-20 step, 2 cores: 10% faster at batch 32, 15% at batch 128 with the caller
+    working)."""
     size = min(num_threads(), len(chunks))
     if size <= 1:
         return [fn(chunk) for chunk in chunks]
+    results, next_index = [None] * len(chunks), itertools.count()  # shared: next() is atomic
+
+    def work():
+        for i in next_index:  # the next chunk that no thread has taken
+            if i >= len(chunks):
+                return
+            results[i] = fn(chunks[i])
     with _blas_controller().limit(limits=1, user_api="blas"):
-        return list(_pool_of(size).map(fn, chunks))
+        helpers = [_pool_of(size - 1).submit(work) for _ in range(size - 1)]
+        try:
+            work()
+        finally:
+            for helper in helpers:
+                helper.result()
+    return results
 
 
 def split(n, parts):
