@@ -69,7 +69,8 @@ def run_chunks(fn, chunks):
                 return
             results[i] = fn(chunks[i])
     with _blas_controller().limit(limits=1, user_api="blas"):
-        helpers = [_pool_of(size - 1).submit(work) for _ in range(size - 1)]
+        pool = _pool_of(size - 1)
+        helpers = [pool.submit(work) for _ in range(size - 1)]
         try:
             work()
         finally:
