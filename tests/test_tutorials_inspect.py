@@ -1,4 +1,4 @@
-"""Tutorials 01, 02, 03 and 06 run top to bottom in fast mode, write their figures, and open as
+"""Tutorials 01, 02, 03 and 06 run top to bottom in quick mode, write their figures, and open as
 jupytext percent notebooks. Each tutorial asserts its own story, so a run that finishes is also a
 check that the story still holds."""
 import os
@@ -25,7 +25,7 @@ FIGURES = {
 
 def _env(figures):
     env = dict(os.environ)
-    env.update(MINIRES_FAST="1", MINIRES_FIGURES=str(figures), MPLBACKEND="Agg",
+    env.update(MINIRES_QUICK="1", MINIRES_FIGURES=str(figures), MPLBACKEND="Agg",
                MINIRES_DEVICE="cpu")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
@@ -33,7 +33,7 @@ def _env(figures):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(FIGURES))
-def test_tutorial_runs_in_fast_mode_and_saves_its_figures(name, tmp_path):
+def test_tutorial_runs_in_quick_mode_and_saves_its_figures(name, tmp_path):
     result = subprocess.run([sys.executable, str(TUTORIALS / name)], cwd=ROOT, env=_env(tmp_path),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, (f"{name} failed:\n--- stdout ---\n{result.stdout[-4000:]}\n"
@@ -54,7 +54,7 @@ def test_tutorial_is_a_jupytext_percent_notebook(name):
     assert kinds.count("markdown") >= 3 and kinds.count("code") >= 3, kinds
     assert kinds[0] == "markdown", "a tutorial opens with its title and argument"
     first_code = next(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    assert 'os.environ.get("MINIRES_FAST") == "1"' in first_code
+    assert 'os.environ.get("MINIRES_QUICK") == "1"' in first_code
     assert 'os.environ.get("MINIRES_FIGURES", "figures")' in first_code
 
 

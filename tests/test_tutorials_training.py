@@ -1,4 +1,4 @@
-"""Tutorials 04, 05 and 07 run top to bottom as scripts in fast mode, save their figures and print
+"""Tutorials 04, 05 and 07 run top to bottom as scripts in quick mode, save their figures and print
 numbers in sane ranges, and each one is also a valid jupytext percent notebook.
 
 Run only these with `pytest tests/test_tutorials_training.py` (or `-m "not slow"` to skip the
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
-TIMEOUT = 180  # seconds; fast mode takes 5 to 15 s per tutorial on an idle 2-core CPU
+TIMEOUT = 180  # seconds; quick mode takes 5 to 15 s per tutorial on an idle 2-core CPU
 
 
 def _check_04(stdout):
@@ -51,15 +51,15 @@ TUTORIAL_CHECKS = {  # script: (figures it must save, check of its printed numbe
 
 def _env(figures):
     env = dict(os.environ)
-    env.pop("MINIRES_DATASET", None)  # fast mode on the synthetic set, never a download
-    env.update(MINIRES_FAST="1", MINIRES_FIGURES=str(figures), MPLBACKEND="Agg",
+    env.pop("MINIRES_DATASET", None)  # quick mode on the synthetic set, never a download
+    env.update(MINIRES_QUICK="1", MINIRES_FIGURES=str(figures), MPLBACKEND="Agg",
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     return env
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(TUTORIAL_CHECKS))
-def test_tutorial_runs_in_fast_mode(script, tmp_path):
+def test_tutorial_runs_in_quick_mode(script, tmp_path):
     result = subprocess.run([sys.executable, str(TUTORIALS / script)], cwd=ROOT,
                             env=_env(tmp_path), capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, (f"{script} failed (rc {result.returncode})"
@@ -82,5 +82,5 @@ def test_tutorial_is_a_percent_notebook(script):
     assert kinds.count("markdown") >= 3 and kinds.count("code") >= 3, kinds
     assert kinds[0] == "markdown"  # it opens with its title and prose
     first_code = next(cell.source for cell in notebook.cells if cell.cell_type == "code")
-    assert 'FAST = os.environ.get("MINIRES_FAST") == "1"' in first_code
+    assert 'QUICK = os.environ.get("MINIRES_QUICK") == "1"' in first_code
     assert 'os.environ.get("MINIRES_FIGURES", "figures")' in first_code

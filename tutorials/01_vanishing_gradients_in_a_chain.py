@@ -22,7 +22,7 @@
 # we add the identity shortcut and watch every factor gain a "+1".
 #
 # Run it as a script (`python tutorials/01_vanishing_gradients_in_a_chain.py`) or open it as a
-# notebook with jupytext. `MINIRES_FAST=1` makes it smaller, and `MINIRES_FIGURES` says where the
+# notebook with jupytext. `MINIRES_QUICK=1` makes it smaller, and `MINIRES_FIGURES` says where the
 # figures go.
 
 # %%
@@ -38,12 +38,12 @@ import numpy as np
 import minires
 from minires import functional as F
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 
-MAX_DEPTH = 30 if FAST else 50  # the longest chain we build
-CHAINS = 16 if FAST else 64     # independent random chains, run side by side
+MAX_DEPTH = 30 if QUICK else 50  # the longest chain we build
+CHAINS = 16 if QUICK else 64     # independent random chains, run side by side
 np.set_printoptions(precision=4, suppress=False)
 
 # %% [markdown]

@@ -42,12 +42,12 @@ import minires
 from minires import functional as F
 from minires import backend, inspect, models, nn
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 
-DEPTH = 8 if FAST else 20        # the CIFAR ResNet of step 3 (6n+2 layers)
-BATCH = 8 if FAST else 32
+DEPTH = 8 if QUICK else 20        # the CIFAR ResNet of step 3 (6n+2 layers)
+BATCH = 8 if QUICK else 32
 np.set_printoptions(precision=4, suppress=True)
 
 # %% [markdown]

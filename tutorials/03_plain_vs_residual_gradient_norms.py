@@ -38,12 +38,12 @@ import numpy as np
 
 from minires import inspect
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 
-DEPTHS = (20, 56) if FAST else (20, 56, 110)
-BATCH = 8 if FAST else 32
+DEPTHS = (20, 56) if QUICK else (20, 56, 110)
+BATCH = 8 if QUICK else 32
 SEED = 0
 
 # %% [markdown]

@@ -33,7 +33,7 @@
 # **Three modes.** What a run can show depends on how long it trains, so read the numbers it
 # prints, not only the prose:
 #
-# * `MINIRES_FAST=1` (the tests use it): a toy run of a few seconds per net on a laptop CPU, with
+# * `MINIRES_QUICK=1` (the tests use it): a toy run of a few seconds per net on a laptop CPU, with
 #   512 synthetic 16x16 images, depths 8 and 20, 48 steps per net. It checks that everything
 #   works; it is far too short to expect the paper's result.
 # * default: 5000 synthetic 32x32 images, depths 20 and 56, 4 epochs (156 steps per net; about
@@ -61,7 +61,7 @@ from minires.data import DataLoader, load_cifar10, synthetic_cifar
 from minires.models import cifar_resnet
 from minires.train import paper_recipe, train
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 # (not MINIRES_DATA: that one already names the folder where CIFAR-10 is kept)
@@ -69,7 +69,7 @@ DATASET = os.environ.get("MINIRES_DATASET", "synthetic")
 DEVICE = backend.default_device()
 SEED = 0
 
-if FAST:
+if QUICK:
     config = dict(n_train=512, n_test=256, image_size=16, depths=(8, 20), batch=32, epochs=3,
                   log_every=4, augment=False)
 elif DATASET == "cifar10":
@@ -78,7 +78,7 @@ elif DATASET == "cifar10":
 else:
     config = dict(n_train=5000, n_test=1000, image_size=32, depths=(20, 56), batch=128, epochs=4,
                   log_every=13, augment=False)
-print(f"mode: {'fast' if FAST else 'full'}, data: {DATASET}, device: {DEVICE}")
+print(f"mode: {'quick' if QUICK else 'full'}, data: {DATASET}, device: {DEVICE}")
 print(config)
 
 # %% [markdown]
@@ -128,7 +128,7 @@ def run(depth, residual):
     optimizer, scheduler = paper_recipe(model, epochs=intervals)  # lr / 10 at 50% and 75%
     start = time.perf_counter()
     history = train(model, optimizer, train_loader, test_loader, epochs=intervals,
-                    scheduler=scheduler, progress=not FAST,
+                    scheduler=scheduler, progress=not QUICK,
                     steps_per_epoch=steps_per_interval)
     curves = {key: np.array([row[key] for row in history])
               for key in ("train_error", "test_error", "train_loss")}
@@ -171,7 +171,7 @@ for ax, residual in zip(axes, (False, True)):
     ax.legend(fontsize=8)
 axes[0].set_ylabel("error (%)")
 fig.suptitle(f"Training (dashed) and test (bold) error, {DATASET} data"
-             f"{' (fast mode: a toy run)' if FAST else ''}")
+             f"{' (quick mode: a toy run)' if QUICK else ''}")
 fig.tight_layout()
 path = FIGURES / "04_degradation.png"
 fig.savefig(path, dpi=100)
@@ -207,8 +207,8 @@ print(f"residual: the {deep}-layer net trains {'better' if residual_improves els
       f"{finals[(True, shallow)]:.1f}%)")
 print(f"at depth {deep}: residual {'below' if residual_beats_plain else 'NOT below'} plain "
       f"({finals[(True, deep)]:.1f}% vs {finals[(False, deep)]:.1f}%)")
-if FAST:
-    print("\n(fast mode: a few dozen steps on a toy set; read these as a smoke test, not as a "
+if QUICK:
+    print("\n(quick mode: a few dozen steps on a toy set; read these as a smoke test, not as a "
           "reproduction of Figure 6)")
 
 for r in results.values():

@@ -51,7 +51,7 @@ from minires.models import (cifar_block_count, cifar_resnet, resnet18, resnet34,
                             resnet101, resnet152)
 from minires.nn import BasicBlock, Bottleneck
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 
@@ -264,7 +264,7 @@ assert abs(r164.params / 1e6 / 1.7 - 1) < 0.02  # He et al. 2016: 1.7 M
 # %%
 PAPER_GMACS = {18: 1.8, 34: 3.6, 50: 3.8, 101: 7.6, 152: 11.3}
 BUILDERS = {18: resnet18, 34: resnet34, 50: resnet50, 101: resnet101, 152: resnet152}
-IMAGENET_DEPTHS = (18, 34, 50) if FAST else (18, 34, 50, 101, 152)
+IMAGENET_DEPTHS = (18, 34, 50) if QUICK else (18, 34, 50, 101, 152)
 imagenet = {}
 print(f"{'net':<12}{'block':<12}{'params':>14}{'MACs (G)':>10}{'paper':>8}")
 for depth in IMAGENET_DEPTHS:
@@ -275,8 +275,8 @@ for depth in IMAGENET_DEPTHS:
     kind = "basic" if depth < 50 else "bottleneck"
     print(f"ResNet-{depth:<5}{kind:<12}{r.params:>14,}{r.macs / 1e9:>10.2f}"
           f"{PAPER_GMACS[depth]:>8.1f}")
-if FAST:
-    print("(fast mode: ResNet-101 and -152 skipped; run without MINIRES_FAST=1 for all five)")
+if QUICK:
+    print("(quick mode: ResNet-101 and -152 skipped; run without MINIRES_QUICK=1 for all five)")
 
 for depth, r in imagenet.items():
     assert abs(r.macs / 1e9 - PAPER_GMACS[depth]) / PAPER_GMACS[depth] < 0.1

@@ -48,12 +48,12 @@ import minires
 from minires import functional as F
 from minires import backend, inspect, models
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 
-DEPTH = 20 if FAST else 110
-BATCH = 8 if FAST else 32
+DEPTH = 20 if QUICK else 110
+BATCH = 8 if QUICK else 32
 
 # %% [markdown]
 # Both nets are built from the same seed, with batch norm and He initialisation, and see the same

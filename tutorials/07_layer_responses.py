@@ -27,7 +27,7 @@
 # Here we measure the same quantity with `minires.inspect.record`, which observes every conv and
 # the batch norm right after it through forward hooks, without changing a number.
 #
-# **Modes.** `MINIRES_FAST=1` trains a plain and a residual 20-layer net for 48 steps on 512
+# **Modes.** `MINIRES_QUICK=1` trains a plain and a residual 20-layer net for 48 steps on 512
 # small synthetic images (seconds; a smoke test). The default trains 20- and 56-layer nets for 4
 # epochs on 5000 synthetic 32x32 images (about a quarter of an hour on a 2-core CPU).
 # `MINIRES_DATASET=cifar10` trains 20-, 56- and 110-layer nets on CIFAR-10 for `MINIRES_EPOCHS`
@@ -53,14 +53,14 @@ from minires.inspect import record
 from minires.models import cifar_resnet
 from minires.train import paper_recipe, train
 
-FAST = os.environ.get("MINIRES_FAST") == "1"
+QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
 DATASET = os.environ.get("MINIRES_DATASET", "synthetic")  # MINIRES_DATA is CIFAR-10's folder
 DEVICE = backend.default_device()
 SEED = 0
 
-if FAST:
+if QUICK:
     config = dict(n_train=512, n_test=256, image_size=16, depths=(20,), batch=32, epochs=3,
                   log_every=4, augment=False)
 elif DATASET == "cifar10":
@@ -69,7 +69,7 @@ elif DATASET == "cifar10":
 else:
     config = dict(n_train=5000, n_test=1000, image_size=32, depths=(20, 56), batch=128, epochs=4,
                   log_every=13, augment=False)
-print(f"mode: {'fast' if FAST else 'full'}, data: {DATASET}, device: {DEVICE}")
+print(f"mode: {'quick' if QUICK else 'full'}, data: {DATASET}, device: {DEVICE}")
 print(config)
 
 if DATASET == "cifar10":
@@ -144,7 +144,7 @@ def trained(depth, residual):
     optimizer, scheduler = paper_recipe(model, epochs=intervals)  # lr / 10 at 50% and 75%
     start = time.perf_counter()
     history = train(model, optimizer, train_loader, test_loader, epochs=intervals,
-                    scheduler=scheduler, progress=not FAST,
+                    scheduler=scheduler, progress=not QUICK,
                     steps_per_epoch=steps_per_interval)
     print(f"{net_name(residual, depth)}: {intervals * steps_per_interval} steps in "
           f"{time.perf_counter() - start:.1f} s, train error {history[-1]['train_error']:.1f}% "
@@ -230,7 +230,7 @@ for ax in (top, bottom):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 fig.suptitle(f"Std of each 3x3 conv's BN output (before ReLU / add), eval mode, refreshed BN "
-             f"statistics\n{DATASET} test images{', fast mode: briefly trained' if FAST else ''}")
+             f"statistics\n{DATASET} test images{', quick mode: briefly trained' if QUICK else ''}")
 fig.tight_layout()
 path = FIGURES / "07_layer_responses.png"
 fig.savefig(path, dpi=100)
@@ -266,8 +266,8 @@ for shallow, deep in zip(config["depths"], config["depths"][1:]):
     a, b = measured[(True, shallow)].mean(), measured[(True, deep)].mean()
     print(f"ResNet-{deep} vs ResNet-{shallow}: mean response {b:.3f} vs {a:.3f}, "
           f"{'smaller' if b < a else 'NOT smaller'} for the deeper net")
-if FAST:
-    print("\n(fast mode: a few dozen steps; weight decay and the learned batch-norm scales have "
+if QUICK:
+    print("\n(quick mode: a few dozen steps; weight decay and the learned batch-norm scales have "
           "had little time to act, so read these as a smoke test, not as Figure 7)")
 
 # %% [markdown]
@@ -283,7 +283,7 @@ if FAST:
 # *is* the signal path and has to keep it alive. That is the paper's reading: "residual
 # functions might be generally closer to zero than the non-residual functions".
 #
-# It takes training to develop. In a run of a few dozen steps (the fast mode) the scales have had
+# It takes training to develop. In a run of a few dozen steps (the quick mode) the scales have had
 # little time to move away from 1 (the |gamma| line says how far they got), and the verdicts
 # above are small effects either way, from one short, seeded run. The paper's Figure 7 is
 # measured after the full CIFAR-10 schedule (64k iterations); run
