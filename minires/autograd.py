@@ -9,6 +9,14 @@ every op that consumed it has run its backward; only then its hooks fire and it 
 creator. Leaves accumulate into `.grad` across calls, as in PyTorch: call `zero_grad` to clear.
 After a backward the graph's saved arrays are freed (unless ``retain_graph=True``); a second
 backward through it raises an error instead of giving a silent wrong answer.
+
+In-place changes. Each tensor counts the in-place changes made to its array through minires
+(`._version`, as PyTorch's): `t.data -= v` and the other augmented assignments (the optimizers
+step this way), and `t.copy_(values)`. `Function.apply` records the version of every input, and
+backward raises an error naming the op if one has changed since, instead of differentiating with
+the changed values. Assigning a new array (`t.data = a`) leaves the saved one intact and counts
+nothing. Writes that bypass the tensor (`t.data[...] = v`, or through a NumPy view of it) cannot
+be seen: use `t.copy_(v)` to change a tensor in place.
 """
 import contextlib
 import threading
@@ -17,90 +25,6 @@ import weakref
 import numpy as np
 
 from . import backend
-
-_state = threading.local()
-
-
-def _get(name, default):
-    return getattr(_state, name, default)
-
-
-def is_grad_enabled():
-    return _get("grad_enabled", True)
-
-
-@contextlib.contextmanager
-def no_grad():
-    """Run the block without recording a graph (evaluation, optimizer updates)."""
-    previous = is_grad_enabled()
-    _state.grad_enabled = False
-    try:
-        yield
-    finally:
-        _state.grad_enabled = previous
-
-
-@contextlib.contextmanager
-def scope(name):
-    """Tag every op created inside with `name` (nn.Module uses it to name layers in messages)."""
-    previous = _get("scope", "")
-    _state.scope = name
-    try:
-        yield
-    finally:
-        _state.scope = previous
-
-
-def current_scope():
-    return _get("scope", "")
-
-
-# --- observers: read-only callbacks that minires.inspect and anomaly mode plug into ----------------
-
-_forward_observers = []
-_backward_observers = []
-
-
-def add_forward_observer(fn):
-    """fn(function, input_tensors, output_array) after every op's forward. Returns a remover."""
-    _forward_observers.append(fn)
-    return lambda: _forward_observers.remove(fn)
-
-
-def add_backward_observer(fn):
-    """fn(function, grad_output, grad_inputs) after every op's backward. Returns a remover."""
-    _backward_observers.append(fn)
-    return lambda: _backward_observers.remove(fn)
-
-
-class RemovableHandle:
-    """Returned by register_hook: call .remove() to take the hook away."""
-
-    def __init__(self, hooks, hook):
-        self._hooks, self._hook = hooks, hook
-
-    def remove(self):
-        if self._hook in self._hooks:
-            self._hooks.remove(self._hook)
-
-
-def _as_array(value, dtype=None, device=None):
-    """Turn array-likes into a NumPy/CuPy array; Python floats default to float32, ints to int64."""
-    if isinstance(value, Tensor):
-        array = value.data
-    elif backend.is_array(value):
-        array = value
-    elif isinstance(value, np.generic):  # a NumPy scalar, e.g. from arr.sum(): keep its dtype
-        array = np.asarray(value)
-    else:
-        array = np.asarray(value)
-        if dtype is None and array.dtype == np.float64:
-            array = array.astype(np.float32)
-    if dtype is not None and array.dtype != np.dtype(dtype):
-        array = array.astype(dtype)
-    if device is not None:
-        array = backend.to_device(array, device)
-    return array
 
 
 class Tensor:
@@ -111,13 +35,31 @@ class Tensor:
     def __init__(self, data, requires_grad=False):
         if not backend.is_array(data):
             data = _as_array(data)
-        self.data = data
+        self._data, self._version = data, 0
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self.creator = None
         self._hooks = []
         self._retain_grad = False
         self.name = None
+
+    # --- the array, and the count of its in-place changes ------------------------------------------
+    @property
+    def data(self):
+        return self._data
+
+    @data.setter
+    def data(self, array):
+        """`t.data = a` replaces the array; `t.data -= v` (the same array back) counts a change."""
+        if array is self._data:
+            self._version += 1
+        self._data = array
+
+    def copy_(self, values):
+        """Write `values` into this tensor's array, in place (counted: see the module docstring)."""
+        self._data[...] = _as_array(values, dtype=self.dtype, device=self.device)
+        self._version += 1
+        return self
 
     # --- array facts -----------------------------------------------------------------------------
     @property
@@ -277,33 +219,6 @@ class Tensor:
         return _ops().relu(self)
 
 
-def _ops():
-    from . import functional
-
-    return functional
-
-
-def tensor(data, requires_grad=False, device=None, dtype=None):
-    """Make a Tensor from array-like data on `device` (default: env MINIRES_DEVICE or 'cpu').
-
-    Python floats become float32 and ints int64; NumPy/CuPy arrays keep their dtype unless `dtype`
-    is given.
-    """
-    device = backend.check_device(device) if device is not None else backend.default_device()
-    return Tensor(_as_array(data, dtype=dtype, device=device), requires_grad=requires_grad)
-
-
-def as_tensor(value, like=None):
-    """A Tensor for an op input: Tensors pass through, scalars take `like`'s dtype and device."""
-    if isinstance(value, Tensor):
-        return value
-    if backend.is_array(value):
-        return Tensor(value)
-    if like is not None and np.isscalar(value):
-        return Tensor(backend.xp(like.data).asarray(value, dtype=like.dtype))
-    return Tensor(_as_array(value))
-
-
 class Function:
     """One differentiable op: `forward(*arrays) -> array` and `backward(grad) -> input grads`.
 
@@ -333,6 +248,7 @@ class Function:
             result.requires_grad = True
             result.creator = self
             self._inputs = tensors
+            self._input_versions = [t._version for t in tensors]
             self._output = weakref.ref(result)
             self._scope = current_scope()
         for observer in _forward_observers:
@@ -344,7 +260,7 @@ class Function:
 
     def _release(self):
         """Drop saved arrays and settings; only the graph links stay, so reuse is detected."""
-        keep = {"_inputs", "_output", "_scope"}
+        keep = {"_inputs", "_output", "_scope", "_input_versions"}
         for key in [k for k in self.__dict__ if k not in keep]:
             del self.__dict__[key]
         self._freed = True
@@ -360,22 +276,56 @@ class Function:
         raise TypeError(f"{type(self).__name__} defines no backward")
 
 
-def _check_devices(name, arrays):
-    devices = [backend.device_of(a) for a in arrays]
-    if len(set(devices)) > 1:
-        where = ", ".join(f"input {i} {tuple(a.shape)} on {d}"
-                          for i, (a, d) in enumerate(zip(arrays, devices)))
-        raise ValueError(f"{name}: inputs are on different devices ({where}); move them with .to()")
+# --- the backward pass ----------------------------------------------------------------------------
+
+def run_backward(root, grad, retain_graph=False):
+    """Propagate `grad` from `root` to every leaf that requires grad."""
+    if root.creator is None:  # a leaf: the gradient of itself
+        _accumulate_leaf(root, _finish_gradient(root, grad))
+        return
+    pending = {id(root.creator): grad}  # gradient of each Function's output, summed over consumers
+    leaves = {}
+    for fn in _topological_functions(root):
+        if getattr(fn, "_freed", False):
+            raise RuntimeError(
+                f"backward: {fn.name} (layer '{fn.layer()}') was already freed by an earlier "
+                "backward; call backward(retain_graph=True) the first time to go through it twice")
+        grad_output = pending.pop(id(fn), None)
+        if grad_output is None:
+            continue
+        _check_unchanged_inputs(fn)
+        output = fn._output()
+        if output is not None:
+            grad_output = _finish_gradient(output, grad_output)
+        grad_inputs = fn.backward(grad_output)
+        grad_inputs = grad_inputs if isinstance(grad_inputs, tuple) else (grad_inputs,)
+        for observer in _backward_observers:
+            observer(fn, grad_output, grad_inputs)
+        for x, gx in zip(fn._inputs, grad_inputs):
+            if gx is None or not x.requires_grad:
+                continue
+            if x.creator is None:
+                key = id(x)
+                leaves[key] = (x, gx if key not in leaves else leaves[key][1] + gx)
+            else:
+                key = id(x.creator)
+                pending[key] = gx if key not in pending else pending[key] + gx
+        if not retain_graph:
+            fn._release()
+    for x, g in leaves.values():
+        _accumulate_leaf(x, _finish_gradient(x, g))
 
 
-def _check_float_dtypes(name, arrays):
-    floats = {a.dtype for a in arrays if a.dtype.kind == "f"}
-    if len(floats) > 1:
-        where = ", ".join(f"input {i} {tuple(a.shape)} {a.dtype}" for i, a in enumerate(arrays))
-        raise TypeError(f"{name}: inputs have different float dtypes ({where}); cast with .astype()")
+def _check_unchanged_inputs(fn):
+    """Raise if an input of `fn` was changed in place after its forward saved what it needed."""
+    for index, (x, saved) in enumerate(zip(fn._inputs, fn._input_versions)):
+        if x._version != saved:
+            raise RuntimeError(
+                f"backward: input {index} of {fn.name} (layer '{fn.layer()}', shape {x.shape}) was "
+                f"modified in place after the forward (version {saved} then, {x._version} now), "
+                "so its gradient would use the changed values; change a copy instead, or change "
+                "it after backward")
 
-
-# --- the backward pass -----------------------------------------------------------------------------
 
 def _topological_functions(root):
     """Functions reachable from `root`, each after every Function that consumes its outputs."""
@@ -408,42 +358,138 @@ def _finish_gradient(tensor, grad):
     return grad
 
 
-def run_backward(root, grad, retain_graph=False):
-    """Propagate `grad` from `root` to every leaf that requires grad."""
-    if root.creator is None:  # a leaf: the gradient of itself
-        _accumulate_leaf(root, _finish_gradient(root, grad))
-        return
-    pending = {id(root.creator): grad}  # gradient of each Function's output, summed over consumers
-    leaves = {}
-    for fn in _topological_functions(root):
-        if getattr(fn, "_freed", False):
-            raise RuntimeError(
-                f"backward: {fn.name} (layer '{fn.layer()}') was already freed by an earlier "
-                "backward; call backward(retain_graph=True) the first time to go through it twice")
-        grad_output = pending.pop(id(fn), None)
-        if grad_output is None:
-            continue
-        output = fn._output()
-        if output is not None:
-            grad_output = _finish_gradient(output, grad_output)
-        grad_inputs = fn.backward(grad_output)
-        grad_inputs = grad_inputs if isinstance(grad_inputs, tuple) else (grad_inputs,)
-        for observer in _backward_observers:
-            observer(fn, grad_output, grad_inputs)
-        for x, gx in zip(fn._inputs, grad_inputs):
-            if gx is None or not x.requires_grad:
-                continue
-            if x.creator is None:
-                key = id(x)
-                leaves[key] = (x, gx if key not in leaves else leaves[key][1] + gx)
-            else:
-                key = id(x.creator)
-                pending[key] = gx if key not in pending else pending[key] + gx
-        if not retain_graph:
-            fn._release()
-    for x, g in leaves.values():
-        _accumulate_leaf(x, _finish_gradient(x, g))
-
-
 def _accumulate_leaf(leaf, grad):
     leaf.grad = Tensor(grad if leaf.grad is None else leaf.grad.data + grad)
+
+
+# --- making tensors -------------------------------------------------------------------------------
+
+def tensor(data, requires_grad=False, device=None, dtype=None):
+    """Make a Tensor from array-like data on `device` (default: env MINIRES_DEVICE or 'cpu').
+
+    Python floats become float32 and ints int64; NumPy/CuPy arrays keep their dtype unless `dtype`
+    is given.
+    """
+    device = backend.check_device(device) if device is not None else backend.default_device()
+    return Tensor(_as_array(data, dtype=dtype, device=device), requires_grad=requires_grad)
+
+
+def as_tensor(value, like=None):
+    """A Tensor for an op input: Tensors pass through, scalars take `like`'s dtype and device."""
+    if isinstance(value, Tensor):
+        return value
+    if backend.is_array(value):
+        return Tensor(value)
+    if like is not None and np.isscalar(value):
+        return Tensor(backend.xp(like.data).asarray(value, dtype=like.dtype))
+    return Tensor(_as_array(value))
+
+
+def _as_array(value, dtype=None, device=None):
+    """Turn array-likes into a NumPy/CuPy array; Python floats default to float32, ints to int64."""
+    if isinstance(value, Tensor):
+        array = value.data
+    elif backend.is_array(value):
+        array = value
+    elif isinstance(value, np.generic):  # a NumPy scalar, e.g. from arr.sum(): keep its dtype
+        array = np.asarray(value)
+    else:
+        array = np.asarray(value)
+        if dtype is None and array.dtype == np.float64:
+            array = array.astype(np.float32)
+    if dtype is not None and array.dtype != np.dtype(dtype):
+        array = array.astype(dtype)
+    if device is not None:
+        array = backend.to_device(array, device)
+    return array
+
+
+def _ops():
+    from . import functional
+
+    return functional
+
+
+# --- checks made by Function.apply ----------------------------------------------------------------
+
+def _check_devices(name, arrays):
+    devices = [backend.device_of(a) for a in arrays]
+    if len(set(devices)) > 1:
+        where = ", ".join(f"input {i} {tuple(a.shape)} on {d}"
+                          for i, (a, d) in enumerate(zip(arrays, devices)))
+        raise ValueError(f"{name}: inputs are on different devices ({where}); move them with .to()")
+
+
+def _check_float_dtypes(name, arrays):
+    floats = {a.dtype for a in arrays if a.dtype.kind == "f"}
+    if len(floats) > 1:
+        where = ", ".join(f"input {i} {tuple(a.shape)} {a.dtype}" for i, a in enumerate(arrays))
+        raise TypeError(f"{name}: inputs have different float dtypes ({where}); cast with .astype()")
+
+
+# --- grad mode and scopes (per thread) ------------------------------------------------------------
+
+_state = threading.local()
+
+
+def _get(name, default):
+    return getattr(_state, name, default)
+
+
+def is_grad_enabled():
+    return _get("grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run the block without recording a graph (evaluation, optimizer updates)."""
+    previous = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = previous
+
+
+@contextlib.contextmanager
+def scope(name):
+    """Tag every op created inside with `name` (nn.Module uses it to name layers in messages)."""
+    previous = _get("scope", "")
+    _state.scope = name
+    try:
+        yield
+    finally:
+        _state.scope = previous
+
+
+def current_scope():
+    return _get("scope", "")
+
+
+# --- observers: read-only callbacks that minires.inspect and anomaly mode plug into ----------------
+
+_forward_observers = []
+_backward_observers = []
+
+
+def add_forward_observer(fn):
+    """fn(function, input_tensors, output_array) after every op's forward. Returns a remover."""
+    _forward_observers.append(fn)
+    return lambda: _forward_observers.remove(fn)
+
+
+def add_backward_observer(fn):
+    """fn(function, grad_output, grad_inputs) after every op's backward. Returns a remover."""
+    _backward_observers.append(fn)
+    return lambda: _backward_observers.remove(fn)
+
+
+class RemovableHandle:
+    """Returned by register_hook: call .remove() to take the hook away."""
+
+    def __init__(self, hooks, hook):
+        self._hooks, self._hook = hooks, hook
+
+    def remove(self):
+        if self._hook in self._hooks:
+            self._hooks.remove(self._hook)

@@ -2,17 +2,81 @@
 
 Each name here is a thin function over a `Function` in `minires.ops`, where its forward and its
 hand-written backward sit next to each other.
+
+Which code runs. `conv2d` and `batch_norm` have a readable reference in `minires.ops` (what
+students read and write) and a fast CPU version in `minires.fast` (same function, same errors,
+pinned equal by tests/test_fast_ops.py). The choice is made here, per call, in plain sight:
+NumPy arrays go to the fast op when the `minires/fast` folder exists and fast ops are on;
+everything else (CuPy arrays, fast ops off) goes to the reference. Fast ops are on unless env
+MINIRES_FAST_OPS=0; `use_reference_ops()` and `use_fast_ops()` switch them for the process.
 """
+import os
+
+import numpy as np
+
+from .ops import conv as _reference_conv
+from .ops import norm as _reference_norm
 from .ops.activation import relu, sigmoid, tanh
 from .ops.arithmetic import add, div, exp, log, mul, neg, pow, sub
 from .ops.conv import avg_pool2d, col2im, global_avg_pool2d, im2col, max_pool2d
-from .ops.conv_fast import conv2d  # the reference (readable) one is minires.ops.conv.conv2d
 from .ops.linalg import linear, matmul
 from .ops.loss import cross_entropy, log_softmax
-from .ops.norm_fast import batch_norm  # the reference (readable) one: minires.ops.norm
 from .ops.reduction import max, mean, sum
 from .ops.residual import pad_channels, residual_add
 from .ops.shape import concat, flatten, getitem, pad, reshape, to_device, transpose
+
+try:  # the speed layer is optional: a student build of the package leaves the folder out
+    from .fast import conv as _fast_conv
+    from .fast import norm as _fast_norm
+except ModuleNotFoundError as missing:
+    if missing.name != f"{__package__}.fast":
+        raise  # a module that minires.fast itself imports is missing: say so
+    _fast_conv = _fast_norm = None
+
+_fast_on = os.environ.get("MINIRES_FAST_OPS", "1").strip() != "0"
+
+
+def use_reference_ops():
+    """Run the readable references of minires.ops everywhere, from now on (for this process)."""
+    global _fast_on
+    _fast_on = False
+
+
+def use_fast_ops():
+    """Back to the fast CPU ops of minires.fast for NumPy arrays (where that folder exists)."""
+    global _fast_on
+    _fast_on = _fast_conv is not None
+
+
+def fast_ops_enabled():
+    """Whether NumPy arrays go to minires.fast now."""
+    return _fast_on and _fast_conv is not None
+
+
+def _runs_fast(x):
+    """The fast CPU op for NumPy data with fast ops on; the reference otherwise."""
+    data = getattr(x, "data", x)
+    return fast_ops_enabled() and type(data) is np.ndarray
+
+
+def conv2d(x, w, b=None, stride=1, padding=0):
+    """2-D convolution (cross-correlation) of x (N, C, H, W) with w (OC, C, kh, kw), bias b (OC,).
+
+    Reference: minires.ops.conv.conv2d. Fast (NumPy, fast ops on): minires.fast.conv.conv2d.
+    """
+    module = _fast_conv if _runs_fast(x) else _reference_conv
+    return module.conv2d(x, w, b, stride, padding)
+
+
+def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1,
+               eps=1e-5):
+    """Batch norm of x (N, C) or (N, C, H, W) with per-channel gamma, beta (C,).
+
+    Reference: minires.ops.norm.batch_norm. Fast (NumPy, fast ops on): minires.fast.norm.batch_norm.
+    """
+    module = _fast_norm if _runs_fast(x) else _reference_norm
+    return module.batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)
+
 
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log",
@@ -23,4 +87,5 @@ __all__ = [
     "conv2d", "im2col", "col2im", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "batch_norm", "log_softmax", "cross_entropy",
     "residual_add", "pad_channels",
+    "use_reference_ops", "use_fast_ops", "fast_ops_enabled",
 ]

@@ -1,4 +1,4 @@
-"""The ops minires trains with (ops/conv_fast.py, ops/norm_fast.py) against the readable references
+"""The ops minires trains with (fast/conv.py, fast/norm.py) against the readable references
 (ops/conv.py, ops/norm.py), forward and every gradient, on the cases that take their other code
 paths: stride 1 (both gradients from the cols of gy), stride 2 (cols of x and col2im), padding
 larger than kernel - 1 (col2im at stride 1), no gradient for x (the first layer), several chunks
@@ -16,7 +16,9 @@ import pytest
 
 import minires
 from minires.ops import conv as reference_conv
-from minires.ops import _parallel, conv_fast, norm_fast
+from minires.fast import conv as fast_conv
+from minires.fast import norm as fast_norm
+from minires.fast import threads as fast_threads
 from minires.ops import norm as reference_norm
 from helpers import make
 
@@ -34,7 +36,7 @@ CONV_CASES = [  # (x shape, w shape, stride, padding, bias)
 def conv_both(x, w, b, stride, padding, wants_x_grad=True):
     """Forward and gradients of the fast and the reference conv2d under one upstream gradient."""
     results = []
-    for conv2d in (conv_fast.conv2d, reference_conv.conv2d):
+    for conv2d in (fast_conv.conv2d, reference_conv.conv2d):
         xt, wt = make(x, "cpu", requires_grad=wants_x_grad), make(w, "cpu", requires_grad=True)
         bt = None if b is None else make(b, "cpu", requires_grad=True)
         y = conv2d(xt, wt, bt, stride=stride, padding=padding)
@@ -79,7 +81,7 @@ def test_run_chunks_runs_each_chunk_once_in_order_of_results(monkeypatch, thread
         ran_in.append(threading.get_ident())
         time.sleep(0.001)  # long enough that no thread takes every chunk
         return k * k
-    assert _parallel.run_chunks(square, list(range(50))) == [k * k for k in range(50)]
+    assert fast_threads.run_chunks(square, list(range(50))) == [k * k for k in range(50)]
     assert len(ran_in) == 50 and threading.get_ident() in ran_in
     assert len(set(ran_in)) == int(threads)
 
@@ -92,15 +94,15 @@ def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
             raise ValueError("chunk 7")
         return k
     with pytest.raises(ValueError, match="chunk 7"):
-        _parallel.run_chunks(fail_on_7, list(range(20)))
+        fast_threads.run_chunks(fail_on_7, list(range(20)))
 
 
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
     """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order."""
-    monkeypatch.setattr(conv_fast, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 1)
     monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
-    assert len(conv_fast.batch_chunks(7, 1000)) == 7
+    assert len(fast_conv.batch_chunks(7, 1000)) == 7
     x, w = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
     for stride in (1, 2):
         assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
@@ -109,9 +111,9 @@ def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_batch_chunks_are_equal_and_a_multiple_of_the_threads(monkeypatch, threads):
     """At most WORKSPACE_BYTES per chunk, sizes within one image, no thread left alone at the end."""
-    monkeypatch.setattr(conv_fast, "WORKSPACE_BYTES", 7 * 1000)  # 7 images of 1000 bytes
+    monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 7 * 1000)  # 7 images of 1000 bytes
     monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
-    chunks = conv_fast.batch_chunks(128, 1000)
+    chunks = fast_conv.batch_chunks(128, 1000)
     sizes = [part.stop - part.start for part in chunks]
     assert chunks[0].start == 0 and chunks[-1].stop == 128
     assert all(a.stop == b.start for a, b in zip(chunks, chunks[1:]))
@@ -125,21 +127,21 @@ def test_pad_channels_last_is_np_pad(rng, padding):
     x = rng.standard_normal((2, 3, 4, 5)).transpose(0, 2, 3, 1)       # (N, H, W, C), strided
     (py, px), shape = padding, (2, 4 + 2 * padding[0], 5 + 2 * padding[1], 3)
     np.full(shape, np.nan)  # made and freed just before: malloc tends to hand its bytes out again
-    np.testing.assert_array_equal(conv_fast.pad_channels_last(x, padding),
+    np.testing.assert_array_equal(fast_conv.pad_channels_last(x, padding),
                                   np.pad(x, ((0, 0), (py, py), (px, px), (0, 0))))
 
 
 def test_fast_conv2d_backward_at_stride_1_copies_only_gy(rng, monkeypatch):
     """At stride 1 both gradients come from the cols of gy: the backward makes no cols of x."""
-    copied_channels, im2col = [], conv_fast.im2col_channels_last
+    copied_channels, im2col = [], fast_conv.im2col_channels_last
 
     def counting_im2col(x_nhwc, *args):
         copied_channels.append(x_nhwc.shape[-1])
         return im2col(x_nhwc, *args)
     x = make(rng.standard_normal((2, 3, 6, 6)), "cpu", requires_grad=True)
-    y = conv_fast.conv2d(x, make(rng.standard_normal((5, 3, 3, 3)), "cpu", requires_grad=True),
+    y = fast_conv.conv2d(x, make(rng.standard_normal((5, 3, 3, 3)), "cpu", requires_grad=True),
                          padding=1)
-    monkeypatch.setattr(conv_fast, "im2col_channels_last", counting_im2col)
+    monkeypatch.setattr(fast_conv, "im2col_channels_last", counting_im2col)
     y.sum().backward()
     assert copied_channels and set(copied_channels) == {5}  # gy's 5 channels, never x's 3
 
@@ -148,10 +150,10 @@ def test_fast_conv2d_reads_a_channels_last_input_and_returns_one(rng):
     """y is an NCHW view of channels-last memory; fed to the next conv it is read without a copy
     and gives the same numbers as a contiguous copy of it."""
     x, w1, w2 = (rng.standard_normal(s) for s in ((2, 3, 5, 5), (4, 3, 3, 3), (6, 4, 3, 3)))
-    y1 = conv_fast.conv2d(make(x, "cpu"), make(w1, "cpu"), padding=1)
+    y1 = fast_conv.conv2d(make(x, "cpu"), make(w1, "cpu"), padding=1)
     assert y1.shape == (2, 4, 5, 5) and y1.data.transpose(0, 2, 3, 1).flags.c_contiguous
     contiguous = make(np.ascontiguousarray(y1.numpy()), "cpu")
-    np.testing.assert_allclose(conv_fast.conv2d(y1, make(w2, "cpu"), padding=1).numpy(),
+    np.testing.assert_allclose(fast_conv.conv2d(y1, make(w2, "cpu"), padding=1).numpy(),
                                reference_conv.conv2d(contiguous, make(w2, "cpu"), padding=1).numpy(),
                                rtol=1e-12, atol=1e-12)
 
@@ -159,7 +161,7 @@ def test_fast_conv2d_reads_a_channels_last_input_and_returns_one(rng):
 def test_fast_conv2d_keeps_the_reference_errors(rng):
     x, w = make(rng.standard_normal((2, 4, 8, 8)), "cpu"), make(rng.standard_normal((5, 3, 3, 3)), "cpu")
     with pytest.raises(ValueError, match=r"conv2d: x has 4 channels, w expects 3"):
-        conv_fast.conv2d(x, w)
+        fast_conv.conv2d(x, w)
 
 
 def batch_norm_both(x, training, layout):
@@ -169,7 +171,7 @@ def batch_norm_both(x, training, layout):
     gamma, beta = rng.uniform(0.5, 2, channels), rng.standard_normal(channels)
     upstream = rng.standard_normal(x.shape)
     results = []
-    for batch_norm in (norm_fast.batch_norm, reference_norm.batch_norm):
+    for batch_norm in (fast_norm.batch_norm, reference_norm.batch_norm):
         running_mean, running_var = np.linspace(-1, 1, channels), np.linspace(0.5, 2, channels)
         xt = make(layout(x), "cpu", requires_grad=True)
         gt, bt = make(gamma, "cpu", requires_grad=True), make(beta, "cpu", requires_grad=True)
@@ -205,9 +207,9 @@ def test_fast_batch_norm_matches_the_reference(rng, layout, training, x_shape):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training):
     """Blocks of 3 wide rows (the last one of each thread shorter) on 2 threads: the same numbers."""
-    monkeypatch.setattr(norm_fast, "BLOCK_BYTES", 3 * 64 * 16 * 8)  # 3 rows of 64 * 16 float64
+    monkeypatch.setattr(fast_norm, "BLOCK_BYTES", 3 * 64 * 16 * 8)  # 3 rows of 64 * 16 float64
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
-    wide = norm_fast.WideRows(64 * 8 * 8, 16)                      # 64 rows, 32 per thread
+    wide = fast_norm.WideRows(64 * 8 * 8, 16)                      # 64 rows, 32 per thread
     assert [len(wide.blocks(part, 8)) for part in wide.parts()] == [11, 11]
     fast, reference = batch_norm_both(rng.standard_normal((64, 16, 8, 8)), training, channels_last)
     for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), fast, reference):
@@ -217,4 +219,4 @@ def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training):
 def test_fast_batch_norm_keeps_the_reference_errors(rng):
     x = make(rng.standard_normal((2, 4, 3, 3)), "cpu")
     with pytest.raises(ValueError, match=r"batch_norm: x has 4 channels but gamma has shape \(3,\)"):
-        norm_fast.batch_norm(x, make(np.ones(3), "cpu"), make(np.zeros(4), "cpu"))
+        fast_norm.batch_norm(x, make(np.ones(3), "cpu"), make(np.zeros(4), "cpu"))

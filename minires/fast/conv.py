@@ -40,9 +40,9 @@ whose batched products already go to cuBLAS.
 import numpy as np
 
 from .. import backend
-from ._memory import keep_freed_memory
-from ._parallel import num_threads, run_chunks, split
-from .conv import Conv2d
+from . import memory
+from .threads import num_threads, run_chunks, split
+from ..ops.conv import Conv2d
 
 WORKSPACE_BYTES = 2 * 2**20  # cols of one chunk of images (1, 2, 4 MB timed: 2 was fastest)
 
@@ -110,7 +110,7 @@ class FastConv2d(Conv2d):
     def forward(self, x, w, b=None):
         if backend.is_cupy_array(x):
             return super().forward(x, w, b)
-        keep_freed_memory()  # ops/_memory.py: no fresh pages every step
+        memory.keep_freed_memory_if_asked()
         self.x, self.w = x, w
         (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
         n, c, h, width = x.shape

@@ -26,9 +26,9 @@ import math
 import numpy as np
 
 from .. import backend
-from ._memory import keep_freed_memory
-from ._parallel import num_threads, run_chunks, split
-from .norm import BatchNorm, _array
+from . import memory
+from .threads import num_threads, run_chunks, split
+from ..ops.norm import BatchNorm, _array
 
 BLOCK_BYTES = 2**20  # rows per block in the backward (see "blocks" above)
 
@@ -99,7 +99,7 @@ class FastBatchNorm(BatchNorm):
     def forward(self, x, gamma, beta):
         if backend.is_cupy_array(x):
             return super().forward(x, gamma, beta)
-        keep_freed_memory()  # ops/_memory.py: no fresh pages every step
+        memory.keep_freed_memory_if_asked()
         self.x_shape, self.gamma = x.shape, gamma
         x2 = as_rows(x)                                               # (M, C)
         m = x2.shape[0]

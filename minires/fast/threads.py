@@ -1,12 +1,18 @@
-"""Every CPU core for the big ops: a small thread pool, with BLAS held to one thread inside it.
+"""Every CPU core for the copies and elementwise work of the fast ops: a small, fork-safe pool.
 
 NumPy does one thing at a time in one thread, except BLAS (the matrix products), which starts
-threads of its own. The fast convolution and batch norm (ops/conv_fast.py, ops/norm_fast.py) cut
-the batch into chunks that the calling thread and a pool of helper threads take in turn: NumPy
-releases the GIL inside copies, ufunc loops and BLAS calls, so the chunks run on all cores at once
-(measured: ResNet-20, batch 128, 2 cores: 1.6x the steps per second of one thread). While they
-work, BLAS is held at one thread per call (through `threadpoolctl`), else each thread would start
-BLAS threads of its own and the two kinds would fight over the cores.
+threads of its own. The fast convolution and batch norm (fast/conv.py, fast/norm.py) cut their
+copies and elementwise passes into chunks that the calling thread and a pool of helper threads
+take in turn: NumPy releases the GIL inside copies and ufunc loops, so the chunks run on all
+cores at once.
+
+BLAS is left alone: minires never changes its thread count (that setting is the whole process's,
+so limiting it would slow every other thread of the user's program). The large matrix products
+run in the calling thread, and BLAS spreads each over the cores itself.
+
+Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
+none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
+fast op starts a pool of its own instead of waiting forever on threads that do not exist.
 
 MINIRES_NUM_THREADS threads work on the chunks (default: the number of cores): the caller and
 that many minus one helpers; 1 runs every chunk in the calling thread, in order.
@@ -16,17 +22,24 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from threadpoolctl import ThreadpoolController
-
 CORES = os.cpu_count() or 1  # asked once: each call reads the system's CPU list (6 us here)
 
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
-_blas = None  # a ThreadpoolController, made on first use (it scans the loaded libraries)
+
+
+def _forget_pool_in_child():
+    """After fork, in the child: the parent's helper threads are not there; start afresh."""
+    global _lock, _pool, _pool_size
+    _lock, _pool, _pool_size = threading.Lock(), None, 0
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def num_threads():
-    """Threads in the pool: env MINIRES_NUM_THREADS, else the number of cores."""
+    """Threads that work on chunks: env MINIRES_NUM_THREADS, else the number of cores."""
     try:
         return max(1, int(os.environ.get("MINIRES_NUM_THREADS", "") or CORES))
     except ValueError:
@@ -44,20 +57,10 @@ def _pool_of(size):
         return _pool
 
 
-def _blas_controller():
-    global _blas
-    with _lock:
-        if _blas is None:
-            _blas = ThreadpoolController()
-        return _blas
-
-
 def run_chunks(fn, chunks):
     """[fn(chunk) for chunk in chunks], the calls spread over the calling thread and the pool's
-    helpers (BLAS at one thread). Each thread takes the next chunk when it is done with one. The
-    caller works too: when it only waited, waking at each finished chunk, it took a core from the
-    workers (ResNet-20 step, 2 cores: 10% faster at batch 32, 15% at batch 128 with the caller
-    working)."""
+    helpers. Each thread takes the next chunk when it is done with one. The caller works too:
+    when it only waited, waking at each finished chunk, it took a core from the workers."""
     size = min(num_threads(), len(chunks))
     if size <= 1:
         return [fn(chunk) for chunk in chunks]
@@ -68,14 +71,13 @@ def run_chunks(fn, chunks):
             if i >= len(chunks):
                 return
             results[i] = fn(chunks[i])
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        pool = _pool_of(size - 1)
-        helpers = [pool.submit(work) for _ in range(size - 1)]
-        try:
-            work()
-        finally:
-            for helper in helpers:
-                helper.result()
+    pool = _pool_of(size - 1)
+    helpers = [pool.submit(work) for _ in range(size - 1)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.result()
     return results
 
 

@@ -1,0 +1,14 @@
+"""The CPU speed layer: the same conv2d and batch_norm as minires.ops, laid out to run fast.
+
+    conv.py     conv2d through channels-last im2col and one large GEMM per product
+    norm.py     batch_norm on the (rows, channels) matrix, fewer passes over memory
+    threads.py  a small fork-safe thread pool for copies and elementwise work (BLAS untouched)
+    memory.py   per-thread work buffers reused across calls; glibc's malloc only on request
+
+Nothing here is needed to learn from or to run minires: `minires.functional` uses these ops for
+NumPy arrays when this folder exists and fast ops are on, and the readable references in
+`minires.ops` otherwise (env MINIRES_FAST_OPS=0, or `minires.use_reference_ops()`). Each fast op
+subclasses its reference op (same checks, same errors, same running statistics) and is pinned to
+it by tests/test_fast_ops.py. This folder can be removed in one commit (`git rm -r minires/fast`
+and its test file), and minires still runs, on the references.
+"""
