@@ -87,5 +87,4 @@ __all__ = [
     "conv2d", "im2col", "col2im", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "batch_norm", "log_softmax", "cross_entropy",
     "residual_add", "pad_channels",
-    "use_reference_ops", "use_fast_ops", "fast_ops_enabled",
-]
+]  # ops only; the switches use_reference_ops/use_fast_ops are minires.use_reference_ops etc.

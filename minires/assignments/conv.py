@@ -76,8 +76,8 @@ def check_conv2d_forward(student, rng):
         bias = i > 0
         yield _label(g, bias)
         inputs = [Tensor(a) for a in _conv_inputs(g, rng, bias)]
-        expected = reference.Conv2d(g.stride, g.padding).apply(*inputs)
-        expect_close("y", student.conv.Conv2d(g.stride, g.padding).apply(*inputs), expected)
+        expected = reference.Conv2d(g.stride, g.padding, has_bias=bias).apply(*inputs)
+        expect_close("y", student.conv.Conv2d(g.stride, g.padding, has_bias=bias).apply(*inputs), expected)
 
 
 def check_conv2d_backward(student, rng):
@@ -85,13 +85,13 @@ def check_conv2d_backward(student, rng):
         bias = i > 0
         yield _label(g, bias)
         arrays = _conv_inputs(g, rng, bias)
-        expected_op = reference.Conv2d(g.stride, g.padding)
+        expected_op = reference.Conv2d(g.stride, g.padding, has_bias=bias)
         gy = rng.standard_normal(expected_op.apply(*map(leaf, arrays)).shape)
         expected = expected_op.backward(gy.copy())
-        op = student.conv.Conv2d(g.stride, g.padding)
+        op = student.conv.Conv2d(g.stride, g.padding, has_bias=bias)
         op.apply(*map(leaf, arrays))
         expect_gradients(("x", "w", "b")[:len(arrays)], op.backward(gy.copy()), expected)
-        expect_gradcheck(lambda *t: student.conv.Conv2d(g.stride, g.padding).apply(*t),
+        expect_gradcheck(lambda *t: student.conv.Conv2d(g.stride, g.padding, has_bias=bias).apply(*t),
                          *map(leaf, arrays), seed=int(rng.integers(2**31)))
 
 
@@ -145,8 +145,8 @@ With cols = im2col(x) reshaped to (N, C*kh*kw, OH*OW) and gy reshaped to (N, OC,
     dw = sum over n of gy[n] @ cols[n]^T, reshaped to w's shape (OC, C, kh, kw)
     dcols = W^T @ gy[n] for every n, reshaped to (N, C, kh, kw, OH, OW);  dx = col2im(dcols)
     db = sum of gy over n, oy, ox: (OC,)
-Return (dx, dw, db), or (dx, dw) when the op was applied without a bias
-(then len(self.needs_input_grad) == 2).
+Return (dx, dw, db), or (dx, dw) when the op was made without a bias
+(then self.has_bias is False).
 """
 
 ASSIGNMENT = Assignment(

@@ -44,7 +44,7 @@ from . import memory
 from .threads import num_threads, run_chunks, split
 from ..ops.conv import Conv2d
 
-WORKSPACE_BYTES = 2 * 2**20  # cols of one chunk of images (1, 2, 4 MB timed: 2 was fastest)
+WORKSPACE_BYTES = 8 * 2**20  # cols of one chunk of images (see "Chunks" above)
 
 
 def channels_last(x):
@@ -58,7 +58,8 @@ def as_nchw(y_nhwc):
 
 
 def pad_channels_last(x_nhwc, padding):
-    """x (N, H, W, C) with zero rows and columns around each image: (N, H+2py, W+2px, C).
+    """x (N, H, W, C) with zero rows and columns around each image: (N, H+2py, W+2px, C), in this
+    thread's work buffer "xpad" (valid until its next call).
 
     Only the border is zeroed (np.zeros would write the whole array, and then the copy again).
     """
@@ -66,50 +67,53 @@ def pad_channels_last(x_nhwc, padding):
     if not (py or px):
         return x_nhwc
     n, h, w, c = x_nhwc.shape
-    xpad = np.empty((n, h + 2 * py, w + 2 * px, c), dtype=x_nhwc.dtype)
+    xpad = memory.workspace("xpad", (n, h + 2 * py, w + 2 * px, c), x_nhwc.dtype)
     xpad[:, :py], xpad[:, py + h:] = 0, 0                    # top and bottom rows
     xpad[:, py:py + h, :px], xpad[:, py:py + h, px + w:] = 0, 0  # left and right columns
     xpad[:, py:py + h, px:px + w] = x_nhwc
     return xpad
 
 
-def im2col_channels_last(x_nhwc, kernel, stride, padding):
-    """x (N, H, W, C), any strides -> cols (N, OH, OW, kh, kw, C), C-contiguous:
+def windows(xpad, kernel, stride):
+    """Every kh x kw window of xpad (N, Hp, Wp, C): a read-only (N, OH, OW, kh, kw, C) view,
 
-        cols[n, oy, ox, i, j, c] = xpad[n, sy*oy + i, sx*ox + j, c]
+        windows[n, oy, ox, i, j, c] = xpad[n, sy*oy + i, sx*ox + j, c]
 
-    (the reference `im2col` with the axes in channels-last order). The padded input is the only
-    other array made; the windows are a strided view of it (as_strided: the view that
-    sliding_window_view makes, at a quarter of its per-call cost), copied once.
-    """
+    (as_strided: the view that sliding_window_view makes, at a quarter of its per-call cost)."""
     (kh, kw), (sy, sx) = kernel, stride
-    xpad = pad_channels_last(x_nhwc, padding)
     n, hp, wp, c = xpad.shape
     oh, ow = (hp - kh) // sy + 1, (wp - kw) // sx + 1
     sn, sh, sw, sc = xpad.strides
-    windows = np.lib.stride_tricks.as_strided(
+    return np.lib.stride_tricks.as_strided(
         xpad, (n, oh, ow, kh, kw, c), (sn, sy * sh, sx * sw, sh, sw, sc), writeable=False)
-    cols = np.empty((n, oh, ow, kh, kw, c), dtype=x_nhwc.dtype)
-    np.copyto(cols, windows)
+
+
+def im2col_channels_last(x_nhwc, kernel, stride, padding, cols):
+    """cols (N, OH, OW, kh, kw, C) <- the windows of x (N, H, W, C) padded: the reference
+    `im2col` with the axes in channels-last order. The images are spread over the pool's threads,
+    each padding and copying its own (NumPy copies release the GIL)."""
+    def copy(part):
+        np.copyto(cols[part], windows(pad_channels_last(x_nhwc[part], padding), kernel, stride))
+    run_chunks(copy, split(x_nhwc.shape[0], num_threads()))
     return cols
 
 
 def batch_chunks(n, bytes_per_image):
     """Equal slices of the batch axis, each with at most about WORKSPACE_BYTES of columns (at
-    least one image); their number is a multiple of the pool's threads, so no thread waits
-    alone for a last, odd chunk."""
-    threads = num_threads()
+    least one image)."""
     per = max(1, WORKSPACE_BYTES // max(1, bytes_per_image))
-    chunks = -(-n // per)
-    return split(n, -(-chunks // threads) * threads)
+    return split(n, -(-n // per))
+
+
+def cols_buffer(images, out_size, kernel, channels, dtype):
+    """The caller's work buffer for the cols of `images` images: (m, OH, OW, kh, kw, C)."""
+    return memory.workspace("cols", (images, *out_size, *kernel, channels), dtype)
 
 
 class FastConv2d(Conv2d):
     """conv2d as minires runs it: the reference Conv2d's checks and math, channels-last GEMMs."""
 
     def forward(self, x, w, b=None):
-        if backend.is_cupy_array(x):
-            return super().forward(x, w, b)
         memory.keep_freed_memory_if_asked()
         self.x, self.w = x, w
         (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
@@ -118,20 +122,17 @@ class FastConv2d(Conv2d):
         xt = channels_last(x)                                      # (N, H, W, C) view
         w2t = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T    # (K, OC), K = kh*kw*C
         y2 = np.empty((n, oh * ow, w.shape[0]), dtype=x.dtype)     # (N, OH*OW, OC)
-
-        def chunk(part):
-            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding)
-            rows = cols.reshape(-1, w2t.shape[0])                  # (m*OH*OW, K)
+        for part in batch_chunks(n, oh * ow * w2t.shape[0] * x.itemsize):
+            m = part.stop - part.start
+            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding,
+                                        cols_buffer(m, (oh, ow), self.kernel, c, x.dtype))
+            rows = cols.reshape(m * oh * ow, -1)                   # (m*OH*OW, K)
             np.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
-
-        run_chunks(chunk, batch_chunks(n, oh * ow * w2t.shape[0] * x.itemsize))
         if b is not None:
             y2 += b
         return as_nchw(y2.reshape(n, oh, ow, -1))                  # (N, OC, OH, OW) view
 
     def backward(self, gy):
-        if backend.is_cupy_array(gy):
-            return super().backward(gy)
         (kh, kw), (py, px) = self.kernel, self.padding
         # dx as a convolution of gy needs stride 1 and padding <= kernel - 1 (as in every ResNet)
         if (self.needs_input_grad[0] and self.stride == (1, 1)
@@ -140,7 +141,7 @@ class FastConv2d(Conv2d):
         else:
             gx, gw = self._backward_through_x_cols(self.x, self.w, gy)
         gw = gw if self.needs_input_grad[1] else None
-        if len(self.needs_input_grad) == 2:  # applied without a bias
+        if not self.has_bias:
             return gx, gw
         return gx, gw, gy.sum(axis=(0, 2, 3))
 
@@ -163,15 +164,15 @@ class FastConv2d(Conv2d):
         gyt = channels_last(gy)
         w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
         gx = np.empty((n, h * width, c), dtype=gy.dtype)                     # (N, H*W, C)
-
-        def chunk(part):
-            gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1),
-                                         (kh - 1 - py, kw - 1 - px))         # (m, H, W, kh, kw, OC)
+        g = np.zeros((c, w_flip.shape[0]), dtype=gy.dtype)                  # (C, kh*kw*OC)
+        for part in batch_chunks(n, h * width * w_flip.shape[0] * x.itemsize):
+            m = part.stop - part.start
+            gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px),
+                                         cols_buffer(m, (h, width), self.kernel, out_channels,
+                                                     gy.dtype))          # (m, H, W, kh, kw, OC)
             gcols = gcols.reshape(-1, w_flip.shape[0])                       # (rows, kh*kw*OC)
             np.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
-            return x2[part].reshape(-1, c).T @ gcols                         # (C, kh*kw*OC)
-
-        g = sum(run_chunks(chunk, batch_chunks(n, h * width * w_flip.shape[0] * x.itemsize)))
+            g += x2[part].reshape(-1, c).T @ gcols
         gw = g.reshape(c, kh, kw, out_channels)[:, ::-1, ::-1].transpose(3, 0, 1, 2)
         return as_nchw(gx.reshape(n, h, width, c)), np.ascontiguousarray(gw)
 
@@ -188,22 +189,19 @@ class FastConv2d(Conv2d):
         if want_gx:
             w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
             gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
-
-        def chunk(part):
+        gw2 = np.zeros((out_channels, k), dtype=gy.dtype)                       # (OC, K)
+        for part in batch_chunks(n, oh * ow * k * x.itemsize):
             m = part.stop - part.start
             g = gy2[part].reshape(m * oh * ow, out_channels)                     # (rows, OC)
-            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding)
-            gw2 = g.T @ cols.reshape(m * oh * ow, k)                             # (OC, K)
-            del cols
+            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding,
+                                        cols_buffer(m, (oh, ow), self.kernel, c, x.dtype))
+            gw2 += g.T @ cols.reshape(m * oh * ow, k)
             if want_gx:
                 target = gx[part]                                                # (m, Hp, Wp, C)
                 for i in range(kh):
                     for j in range(kw):
                         shifted = (g @ w_offsets[i, j]).reshape(m, oh, ow, c)
                         target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted
-            return gw2
-
-        gw2 = sum(run_chunks(chunk, batch_chunks(n, oh * ow * k * x.itemsize)))
         gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
         if not want_gx:
             return None, gw
@@ -216,5 +214,6 @@ def conv2d(x, w, b=None, stride=1, padding=0):
     The same function as `minires.ops.conv.conv2d` (the readable reference), computed with
     channels-last GEMMs; y is an (N, OC, OH, OW) view of channels-last memory.
     """
-    op = FastConv2d(stride, padding)
-    return op.apply(x, w) if b is None else op.apply(x, w, b)
+    if b is None:
+        return FastConv2d(stride, padding, has_bias=False).apply(x, w)
+    return FastConv2d(stride, padding, has_bias=True).apply(x, w, b)

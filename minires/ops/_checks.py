@@ -1,4 +1,6 @@
 """Input checks shared by the ops: each raises an error that names the op and the shapes."""
+import operator
+
 
 
 def shapes(**arrays):
@@ -22,11 +24,9 @@ def require_float(op, **arrays):
 
 
 def pair(value, op, what):
-    """(a, b) from an int or a pair, with a clear error for anything else."""
-    if isinstance(value, int):
-        return value, value
+    """(a, b) from an int or a pair of ints, with a clear error for anything else (1.5 too)."""
     try:
-        a, b = value
-        return int(a), int(b)
+        a, b = (value, value) if not isinstance(value, (tuple, list)) else value
+        return operator.index(a), operator.index(b)  # ints only: int(1.5) would quietly give 1
     except (TypeError, ValueError):
         raise TypeError(f"{op}: {what} must be an int or a pair of ints, got {value!r}") from None

@@ -79,8 +79,8 @@ class Conv2d(Function):
     """
     name = "conv2d"
 
-    def __init__(self, stride=1, padding=0):
-        self.stride_arg, self.padding_arg = stride, padding
+    def __init__(self, stride=1, padding=0, has_bias=False):
+        self.stride_arg, self.padding_arg, self.has_bias = stride, padding, has_bias
 
     def check(self, x, w, b=None):
         require_float(self.name, x=x, w=w, b=b)
@@ -89,6 +89,13 @@ class Conv2d(Function):
         if x.shape[1] != w.shape[1]:
             raise ValueError(f"conv2d: x has {x.shape[1]} channels, w expects {w.shape[1]} "
                              f"({shapes(x=x, w=w)})")
+        for what, size in (("batch (N)", x.shape[0]), ("input channels (C)", x.shape[1]),
+                           ("output channels (OC)", w.shape[0])):
+            if size == 0:
+                raise ValueError(f"conv2d: the {what} is empty ({shapes(x=x, w=w)})")
+        if self.has_bias != (b is not None):
+            raise ValueError(f"conv2d: made with has_bias={self.has_bias} but given "
+                             f"{'a bias' if b is not None else 'none'}")
         if b is not None and b.shape != (w.shape[0],):
             raise ValueError(f"conv2d: b must have shape ({w.shape[0]},) ({shapes(w=w, b=b)})")
         self.kernel, self.stride, self.padding = _window_settings(
@@ -116,7 +123,7 @@ class Conv2d(Function):
         if self.needs_input_grad[0]:
             gcols = (w2.T @ gy).reshape(n, self.x_shape[1], *self.kernel, oh, ow)
             gx = col2im(gcols, self.x_shape, self.stride, self.padding)
-        if len(self.needs_input_grad) == 2:
+        if not self.has_bias:
             return gx, gw
         return gx, gw, gy.sum(axis=(0, 2))
         # END SOLUTION
@@ -201,8 +208,9 @@ class GlobalAvgPool2d(Function):
 
 def conv2d(x, w, b=None, stride=1, padding=0):
     """2-D convolution (cross-correlation) of x (N, C, H, W) with w (OC, C, kh, kw), bias b (OC,)."""
-    op = Conv2d(stride, padding)
-    return op.apply(x, w) if b is None else op.apply(x, w, b)
+    if b is None:
+        return Conv2d(stride, padding, has_bias=False).apply(x, w)
+    return Conv2d(stride, padding, has_bias=True).apply(x, w, b)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0):
