@@ -218,3 +218,114 @@ def test_fast_batch_norm_keeps_the_reference_errors(rng):
     x = make(rng.standard_normal((2, 4, 3, 3)), "cpu")
     with pytest.raises(ValueError, match=r"batch_norm: x has 4 channels but gamma has shape \(3,\)"):
         fast_norm.batch_norm(x, make(np.ones(3), "cpu"), make(np.zeros(4), "cpu"))
+
+
+# --- awkward inputs: float16, a constant channel, a large mean, empty and non-integer sizes --------
+
+def batch_norm_grads(batch_norm, x, upstream, gamma=None):
+    channels = x.shape[1]
+    xt = make(x, "cpu", requires_grad=True)
+    gt = make(np.ones(channels, x.dtype) if gamma is None else gamma, "cpu", requires_grad=True)
+    bt = make(np.zeros(channels, x.dtype), "cpu", requires_grad=True)
+    y = batch_norm(xt, gt, bt)
+    (y * minires.tensor(upstream)).sum().backward()
+    return y.numpy(), xt.grad.numpy(), gt.grad.numpy(), bt.grad.numpy()
+
+
+def test_fast_batch_norm_of_float16_is_computed_in_float32(rng):
+    """float16 with mean 3 gave all-NaN output: a channel's sum, 3 * 32768, is past float16's
+    largest number (65504)."""
+    x = rng.standard_normal((128, 4, 16, 16)) + 3
+    upstream = rng.standard_normal(x.shape).astype(np.float16)
+    half = batch_norm_grads(fast_norm.batch_norm, x.astype(np.float16), upstream)
+    single = batch_norm_grads(reference_norm.batch_norm, x.astype(np.float16).astype(np.float32),
+                              upstream.astype(np.float32))
+    for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), half, single):
+        assert got.dtype == np.float16, name
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=2e-2, atol=2e-2,
+                                   err_msg=name)
+
+
+def test_fast_conv2d_of_float16_is_computed_in_float32(rng):
+    x, w = rng.standard_normal((2, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
+    halves = [make(a.astype(np.float16), "cpu", requires_grad=True) for a in (x, w)]
+    y = fast_conv.conv2d(*halves, padding=1)
+    y.sum().backward()
+    singles = [make(a.astype(np.float16).astype(np.float32), "cpu", requires_grad=True)
+               for a in (x, w)]
+    want = reference_conv.conv2d(*singles, padding=1)
+    want.sum().backward()
+    assert y.dtype == np.float16 and halves[0].grad.dtype == np.float16
+    np.testing.assert_allclose(y.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+    for half, single in zip(halves, singles):
+        np.testing.assert_allclose(half.grad.numpy(), single.grad.numpy(), rtol=1e-2, atol=5e-2)
+
+
+def test_a_constant_channel_gets_dgamma_exactly_zero(rng):
+    """xhat is 0 on a constant channel, so dgamma = sum(gy * xhat) is exactly 0 (the fast op gave
+    1264.9 when it summed gy * x and subtracted mean * sum(gy)). Its two-pass mean is exact here;
+    the reference's one-pass mean of 3.7 is off by an ulp, which 1/sqrt(eps) magnifies a little."""
+    x = rng.standard_normal((16, 3, 4, 4)).astype(np.float32)
+    x[:, 1] = 3.7
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    y, _, dgamma, _ = batch_norm_grads(fast_norm.batch_norm, x, upstream)
+    assert dgamma[1] == 0.0
+    np.testing.assert_array_equal(y[:, 1], 0.0)
+    _, _, reference_dgamma, _ = batch_norm_grads(reference_norm.batch_norm, x, upstream)
+    assert abs(reference_dgamma[1]) < 1e-3
+
+
+def test_fast_batch_norm_at_a_large_mean_offset_in_float32(rng):
+    """Mean 1e4, standard deviation 1, float32: both ops within 1e-3 of float64 arithmetic."""
+    x = (rng.standard_normal((64, 8, 8, 8)) + 1e4).astype(np.float32)
+    upstream = rng.standard_normal(x.shape).astype(np.float32)
+    gamma = rng.uniform(0.5, 2, 8).astype(np.float32)
+    exact = batch_norm_grads(reference_norm.batch_norm, x.astype(np.float64),
+                             upstream.astype(np.float64), gamma.astype(np.float64))
+    for batch_norm in (fast_norm.batch_norm, reference_norm.batch_norm):
+        got = batch_norm_grads(batch_norm, x, upstream, gamma)
+        for name, g, want in zip(("y", "dx", "dgamma", "dbeta"), got, exact):
+            scale = np.abs(want).max()
+            assert np.abs(g - want).max() <= 1e-3 * max(scale, 1), (batch_norm.__module__, name)
+
+
+@pytest.mark.parametrize("conv2d", [fast_conv.conv2d, reference_conv.conv2d],
+                         ids=["fast", "reference"])
+@pytest.mark.parametrize("x_shape, w_shape, what", [
+    ((0, 3, 5, 5), (4, 3, 3, 3), r"the batch \(N\) is empty"),
+    ((2, 0, 5, 5), (4, 0, 3, 3), r"the input channels \(C\) is empty"),
+    ((2, 3, 5, 5), (0, 3, 3, 3), r"the output channels \(OC\) is empty"),
+    ((2, 3, 5, 5), (4, 3, 0, 3), r"kernel \(0, 3\) and stride"),
+], ids=["N=0", "C=0", "OC=0", "kernel-0"])
+def test_conv2d_names_empty_inputs(conv2d, x_shape, w_shape, what):
+    with pytest.raises(ValueError, match="conv2d: " + what):
+        conv2d(make(np.ones(x_shape), "cpu"), make(np.ones(w_shape), "cpu"), padding=1)
+
+
+@pytest.mark.parametrize("conv2d", [fast_conv.conv2d, reference_conv.conv2d],
+                         ids=["fast", "reference"])
+@pytest.mark.parametrize("stride", [1.5, (2, 1.5), 2.0])
+def test_conv2d_refuses_non_integer_strides(conv2d, stride):
+    """1.5 used to run as stride 1; a float, even 2.0, is refused rather than guessed at."""
+    x, w = make(np.ones((1, 1, 6, 6)), "cpu"), make(np.ones((1, 1, 3, 3)), "cpu")
+    with pytest.raises(TypeError, match=r"conv2d: stride must be an int or a pair of ints"):
+        conv2d(x, w, stride=stride)
+
+
+def test_nn_conv2d_refuses_a_zero_kernel_or_no_channels():
+    from minires import nn
+    with pytest.raises(ValueError, match=r"Conv2d: .*kernel_size \(0, 0\)"):
+        nn.Conv2d(3, 4, 0)
+    with pytest.raises(ValueError, match=r"Conv2d: in_channels 0"):
+        nn.Conv2d(0, 4, 3)
+    with pytest.raises(TypeError, match=r"Conv2d: kernel_size must be an int"):
+        nn.Conv2d(3, 4, 1.5)
+
+
+@pytest.mark.parametrize("batch_norm", [fast_norm.batch_norm, reference_norm.batch_norm],
+                         ids=["fast", "reference"])
+def test_batch_norm_names_an_empty_batch(batch_norm):
+    x = make(np.ones((0, 3, 4, 4)), "cpu")
+    with pytest.raises(ValueError, match=r"batch_norm: the batch is empty"):
+        batch_norm(x, make(np.ones(3), "cpu"), make(np.zeros(3), "cpu"), np.zeros(3), np.ones(3),
+                   training=False)

@@ -12,3 +12,10 @@ subclasses its reference op (same checks, same errors, same running statistics) 
 it by tests/test_fast_ops.py. This folder can be removed in one commit (`git rm -r minires/fast`
 and its test file), and minires still runs, on the references.
 """
+import numpy as np
+
+
+def compute_dtype(dtype):
+    """The dtype a fast op computes in: float16 in float32 (NumPy has no float16 BLAS, and its
+    sums of squares overflow and lose every digit); the results go back to float16."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)

@@ -25,22 +25,21 @@ product is one large matrix product with no transposing copy:
 W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free view when gy is
 channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 
-Chunks. The batch goes through a few images at a time (about WORKSPACE_BYTES of cols each, an
-equal share per thread): one chunk's cols (kh*kw times its input) stays in the cache between the
-copy and the GEMM, and the whole (N*OH*OW, K) matrix, tens of MB that the allocator would map
-(and the kernel zero) afresh at every call, never exists. The chunks run on all cores at once
-(ops/_parallel.py). cols is not kept for the backward: keeping kh*kw times every layer's input
-would add about 0.9 GB to a ResNet-20 step at batch 128 (PyTorch also keeps only x). At stride 1
-the backward needs no cols of x at all (gcols above); at other strides, and where x needs no
-gradient (the first layer), it copies them again from x.
+Chunks. The batch goes through a few images at a time (about WORKSPACE_BYTES of cols each):
+the chunk's cols are copied by all the pool's threads at once (fast/threads.py), each image's
+window copy on one thread, into a work buffer that the calling thread keeps from call to call
+(fast/memory.py), and then multiplied in the calling thread, where BLAS spreads the product over
+the cores itself. The whole (N*OH*OW, K) matrix never exists. cols is not kept for the backward:
+keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at batch 128
+(PyTorch also keeps only x). At stride 1 the backward needs no cols of x at all (gcols above); at
+other strides, and where x needs no gradient (the first layer), it copies them again from x.
 
-This is a NumPy (CPU) path. On a CuPy array the op runs the reference's forward and backward,
-whose batched products already go to cuBLAS.
+This is a NumPy (CPU) path: `minires.functional` sends other arrays (CuPy) to the reference.
+float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as float16.
 """
 import numpy as np
 
-from .. import backend
-from . import memory
+from . import compute_dtype, memory
 from .threads import num_threads, run_chunks, split
 from ..ops.conv import Conv2d
 
@@ -115,6 +114,9 @@ class FastConv2d(Conv2d):
 
     def forward(self, x, w, b=None):
         memory.keep_freed_memory_if_asked()
+        self.out_dtype, work = x.dtype, compute_dtype(x.dtype)
+        x, w = x.astype(work, copy=False), w.astype(work, copy=False)
+        b = None if b is None else b.astype(work, copy=False)
         self.x, self.w = x, w
         (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
         n, c, h, width = x.shape
@@ -130,9 +132,11 @@ class FastConv2d(Conv2d):
             np.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
         if b is not None:
             y2 += b
-        return as_nchw(y2.reshape(n, oh, ow, -1))                  # (N, OC, OH, OW) view
+        y = as_nchw(y2.reshape(n, oh, ow, -1))                     # (N, OC, OH, OW) view
+        return y.astype(self.out_dtype, copy=False)
 
     def backward(self, gy):
+        gy = gy.astype(compute_dtype(gy.dtype), copy=False)
         (kh, kw), (py, px) = self.kernel, self.padding
         # dx as a convolution of gy needs stride 1 and padding <= kernel - 1 (as in every ResNet)
         if (self.needs_input_grad[0] and self.stride == (1, 1)
@@ -140,10 +144,10 @@ class FastConv2d(Conv2d):
             gx, gw = self._backward_through_gy_cols(self.x, self.w, gy)
         else:
             gx, gw = self._backward_through_x_cols(self.x, self.w, gy)
-        gw = gw if self.needs_input_grad[1] else None
-        if not self.has_bias:
-            return gx, gw
-        return gx, gw, gy.sum(axis=(0, 2, 3))
+        grads = (gx, gw if self.needs_input_grad[1] else None)
+        if self.has_bias:
+            grads += (gy.sum(axis=(0, 2, 3)),)
+        return tuple(None if g is None else g.astype(self.out_dtype, copy=False) for g in grads)
 
     def _backward_through_gy_cols(self, x, w, gy):
         """Stride 1: one im2col, of gy padded by k-1-p, gives both gradients.

@@ -4,13 +4,17 @@
 and numerical gradients). This op computes the same function with fewer passes over memory:
 
     rows      x (N, C, H, W) is read as the (N*H*W, C) matrix of its channels-last transpose: a
-              free view when x is channels-last (as conv2d's output is; see ops/conv_fast.py),
+              free view when x is channels-last (as conv2d's output is; see fast/conv.py),
               else one copy. x (N, C) is used as it is. The output keeps the layout.
-    sums      per-channel sums are BLAS matrix-vector products, ones (M,) @ x2 (M, C); the
-              sum of squares and sum(gy * x) are one einsum pass each.
-    forward   xc = x2 - mean;  var = sum(xc^2) / M;  y = xc * (gamma / std) + beta   (in place)
+    sums      per-channel sums add whole rows at a time; the sum of squares and
+              sum(gy * (x - mean)) are one einsum pass each.
+    forward   two passes, so a large mean (1e4 in float32) costs no digits of the variance:
+              a = x2 - sum(x2)/M;  d = sum(a)/M;  mean = sum(x2)/M + d;  var = sum(a^2)/M - d^2;
+              y = (a - d) * (gamma / std) + beta   (in place, a in y's memory)
     backward  with k = gamma / std and the two sums of the reference,
-              dx = k * (gy - sum(gy)/M - xhat * sum(gy * xhat)/M)
+              dx = k * (gy - sum(gy)/M - xhat * sum(gy * xhat)/M),
+              sum(gy * xhat) summed over x - mean (never as sum(gy * x) - mean * sum(gy), which
+              cancels: a constant channel then got dgamma 1265 instead of 0)
               as a few in-place steps; xhat is never stored (it is (x - mean) / std, and x is
               held by the graph anyway), so the op keeps only per-channel vectors.
     blocks    the backward goes through each thread's rows BLOCK_BYTES at a time, every step on
@@ -19,14 +23,14 @@ and numerical gradients). This op computes the same function with fewer passes o
               backward 9-13% faster with 1 MB blocks, 5% with 512 KB; blocking the forward too
               gained nothing with 1 MB blocks and lost with 256 KB ones).
 
-This is a NumPy (CPU) path. On a CuPy array the op runs the reference's forward and backward.
+This is a NumPy (CPU) path: `minires.functional` sends other arrays (CuPy) to the reference.
+float16 is computed in float32 (`compute_dtype`).
 """
 import math
 
 import numpy as np
 
-from .. import backend
-from . import memory
+from . import compute_dtype, memory
 from .threads import num_threads, run_chunks, split
 from ..ops.norm import BatchNorm, _array
 
@@ -84,8 +88,8 @@ class WideRows:
 
 
 def column_sums(a):
-    """Sums over the rows of a (M, K): one BLAS matrix-vector product, ones (M,) @ a."""
-    return np.ones(a.shape[0], dtype=a.dtype) @ a
+    """Sums over the rows of a (M, K), per column (NumPy adds whole rows: a vectorised pass)."""
+    return a.sum(axis=0)
 
 
 def column_dots(a, b):
@@ -93,71 +97,83 @@ def column_dots(a, b):
     return np.einsum("mk,mk->k", a, b)
 
 
+def block_shape(blocks, wide):
+    """The shape of the largest (the first) of a thread's blocks of wide rows."""
+    return blocks[0].stop - blocks[0].start, wide.shape[1]
+
+
 class FastBatchNorm(BatchNorm):
     """batch_norm as minires runs it: the reference's checks, running statistics and math."""
 
     def forward(self, x, gamma, beta):
-        if backend.is_cupy_array(x):
-            return super().forward(x, gamma, beta)
         memory.keep_freed_memory_if_asked()
+        self.out_dtype, work = x.dtype, compute_dtype(x.dtype)
+        x, gamma, beta = (a.astype(work, copy=False) for a in (x, gamma, beta))
         self.x_shape, self.gamma = x.shape, gamma
         x2 = as_rows(x)                                               # (M, C)
         m = x2.shape[0]
         wide = WideRows(*x2.shape)
         xw, parts = wide.view(x2), wide.parts()                      # (M/r, r*C)
-        yw = np.empty(wide.shape, dtype=x.dtype)
+        yw = np.empty(wide.shape, dtype=work)
         if self.training:
-            mean = wide.fold(sum(run_chunks(lambda s: column_sums(xw[s]), parts))) / m
-            mean_w = wide.tile(mean)
+            rough_mean = wide.fold(sum(run_chunks(lambda s: column_sums(xw[s]), parts))) / m
+            rough_w = wide.tile(rough_mean)
 
-            def center(s):  # y = x - mean, and the sum of its squares
-                np.subtract(xw[s], mean_w, out=yw[s])
-                return column_dots(yw[s], yw[s])
-            var = wide.fold(sum(run_chunks(center, parts))) / m      # biased, as the reference
+            def center(s):  # y = x - rough mean; the sums of y and of its squares
+                np.subtract(xw[s], rough_w, out=yw[s])
+                return column_sums(yw[s]), column_dots(yw[s], yw[s])
+            sums = run_chunks(center, parts)
+            shift = wide.fold(sum(d for d, _ in sums)) / m           # mean - rough mean
+            var = wide.fold(sum(q for _, q in sums)) / m - shift * shift  # biased, as the reference
+            mean = rough_mean + shift
             self._update_running(mean, var, m)
         else:
-            mean, var = (self.running_mean.astype(x.dtype, copy=False),
-                         self.running_var.astype(x.dtype, copy=False))
-            mean_w = wide.tile(mean)
+            mean, var = (self.running_mean.astype(work, copy=False),
+                         self.running_var.astype(work, copy=False))
+            shift, mean_w = np.zeros_like(mean), wide.tile(mean)
             run_chunks(lambda s: np.subtract(xw[s], mean_w, out=yw[s]), parts)
         self.mean, self.inv_std, self.x2 = mean, 1 / np.sqrt(var + self.eps), x2
-        scale_w, beta_w = wide.tile(gamma * self.inv_std), wide.tile(beta)
+        scale = gamma * self.inv_std
+        scale_w, offset_w = wide.tile(scale), wide.tile(beta - scale * shift)
 
-        def affine(s):  # y = xhat * gamma + beta, in place
+        def affine(s):  # y = (x - mean) * gamma / std + beta, in place
             yw[s] *= scale_w
-            yw[s] += beta_w
+            yw[s] += offset_w
         run_chunks(affine, parts)
-        return like_input(yw.reshape(x2.shape), x.shape)
+        return like_input(yw.reshape(x2.shape), x.shape).astype(self.out_dtype, copy=False)
 
     def backward(self, gy):
-        if backend.is_cupy_array(gy):
-            return super().backward(gy)
+        gy = gy.astype(compute_dtype(gy.dtype), copy=False)
         g2 = as_rows(gy)                                              # (M, C)
         m = g2.shape[0]
         wide = WideRows(*g2.shape)
         gw, xw = wide.view(g2), wide.view(self.x2)
         parts = [wide.blocks(part, gy.itemsize) for part in wide.parts()]  # per thread, blocks
+        mean_w = wide.tile(self.mean)
 
-        def sums(blocks):  # sum(gy) and sum(gy * x)
-            return (sum(column_sums(gw[s]) for s in blocks),
-                    sum(column_dots(gw[s], xw[s]) for s in blocks))
+        def sums(blocks):  # sum(gy) and sum(gy * (x - mean)), the latter on a centred block
+            centred = memory.workspace("centred", block_shape(blocks, wide), gy.dtype)
+            sum_g = sum_gxc = 0
+            for s in blocks:
+                xc = np.subtract(xw[s], mean_w, out=centred[:s.stop - s.start])
+                sum_g, sum_gxc = sum_g + column_sums(gw[s]), sum_gxc + column_dots(gw[s], xc)
+            return sum_g, sum_gxc
         partial_sums = run_chunks(sums, parts)
         sum_g = wide.fold(sum(a for a, _ in partial_sums))
-        sum_gx = wide.fold(sum(b for _, b in partial_sums))
-        ggamma = self.inv_std * (sum_gx - self.mean * sum_g)          # sum(gy * xhat)
+        ggamma = self.inv_std * wide.fold(sum(b for _, b in partial_sums))  # sum(gy * xhat)
         gbeta = sum_g
         if not self.needs_input_grad[0]:
-            return None, ggamma, gbeta
+            return None, *self._as_output_dtype(ggamma, gbeta)
         k = self.gamma * self.inv_std                                 # (C,)
         gxw = np.empty(wide.shape, dtype=gy.dtype)
         k_w = wide.tile(k)
         if self.training:  # k * (gy - sum(gy)/m - xhat * sum(gy*xhat)/m)
-            mean_w = wide.tile(self.mean)
             slope_w = wide.tile(-k * self.inv_std * ggamma / m)      # -k/std * ggamma/m
             offset_w = wide.tile(k * sum_g / m)
 
             def grad(blocks):
-                scaled_gy = np.empty_like(gxw[blocks[0]])             # one block's gy * k
+                scaled_gy = memory.workspace("scaled_gy", block_shape(blocks, wide),
+                                             gy.dtype)                # one block's gy * k
                 for s in blocks:
                     np.subtract(xw[s], mean_w, out=gxw[s])            # x - mean
                     gxw[s] *= slope_w                                 # -k * xhat * ggamma/m
@@ -168,7 +184,12 @@ class FastBatchNorm(BatchNorm):
                 for s in blocks:
                     np.multiply(gw[s], k_w, out=gxw[s])
         run_chunks(grad, parts)
-        return like_input(gxw.reshape(g2.shape), self.x_shape), ggamma, gbeta
+        gx = like_input(gxw.reshape(g2.shape), self.x_shape)
+        return self._as_output_dtype(gx, ggamma, gbeta)
+
+    def _as_output_dtype(self, *grads):
+        """The gradients in the inputs' dtype (float16 inputs were computed in float32)."""
+        return tuple(g.astype(self.out_dtype, copy=False) for g in grads)
 
 
 def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=True, momentum=0.1,

@@ -3,6 +3,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
+from ..ops._checks import pair
 from . import init
 from .module import Module
 from .parameter import Parameter
@@ -17,7 +18,10 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        kh, kw = pair(kernel_size, "Conv2d", "kernel_size")
+        if min(in_channels, out_channels, kh, kw) < 1:
+            raise ValueError(f"Conv2d: in_channels {in_channels}, out_channels {out_channels} and "
+                             f"kernel_size {(kh, kw)} must all be at least 1")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
         self.weight = Parameter(_zeros((out_channels, in_channels, kh, kw)))

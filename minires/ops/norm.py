@@ -46,6 +46,8 @@ class BatchNorm(Function):
             if v is not None and backend.device_of(v) != backend.device_of(x):
                 raise ValueError(f"batch_norm: x is on {backend.device_of(x)} but {name} is on "
                                  f"{backend.device_of(v)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"batch_norm: the batch is empty (x: {tuple(x.shape)})")
         if not self.training and (self.running_mean is None or self.running_var is None):
             raise ValueError("batch_norm: evaluation mode needs running_mean and running_var")
         if self.training and x.size // channels < 2:

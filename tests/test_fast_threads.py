@@ -1,0 +1,145 @@
+"""The speed layer is a guest in the user's process: its pool survives fork, BLAS keeps the thread
+count the user's program had, `import minires` needs only NumPy, and minires runs without the
+`minires/fast` folder (on the references)."""
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import minires
+import minires.functional as F
+from minires.fast import conv as fast_conv
+from minires.ops import conv as reference_conv
+from helpers import make
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_python(code, pythonpath=REPO, **env):
+    """Run `code` in a fresh interpreter; its stdout. Fails (not hangs) after 120 s."""
+    env = dict(os.environ, PYTHONPATH=pythonpath, **env)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, cwd=pythonpath)  # cwd: `python -c` imports from there first
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+CONV = """
+import numpy as np, minires, minires.functional as F
+rng = np.random.default_rng(0)
+def conv_step():
+    x = minires.tensor(rng.standard_normal((8, 4, 12, 12)), requires_grad=True)
+    w = minires.tensor(rng.standard_normal((6, 4, 3, 3)), requires_grad=True)
+    F.conv2d(x, w, padding=1).sum().backward()
+    return x.grad.numpy()
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_conv2d_after_the_parent_used_the_pool():
+    """The parent's pool has threads; the child has none of them and must start its own."""
+    code = CONV + """
+import os
+conv_step()
+pid = os.fork()
+if pid == 0:
+    ok = np.isfinite(conv_step()).all()
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+print("child exit", os.waitstatus_to_exitcode(status))
+"""
+    assert run_python(code, MINIRES_NUM_THREADS="2").strip() == "child exit 0"
+
+
+def blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")  # a test-only dependency
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"]
+
+
+def test_blas_thread_count_unchanged_by_convs_in_two_threads(rng, monkeypatch):
+    """BLAS's thread count belongs to the process: convs in two threads at once leave it as it
+    was, and so does every conv while it runs (seen from a third thread)."""
+    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
+    before = blas_threads()
+    assert before, "no BLAS library found"
+    seen, errors, running = [], [], threading.Event()
+
+    def convs():
+        try:
+            for _ in range(5):
+                x = make(rng.standard_normal((8, 4, 16, 16)), "cpu", requires_grad=True)
+                w = make(rng.standard_normal((8, 4, 3, 3)), "cpu", requires_grad=True)
+                fast_conv.conv2d(x, w, padding=1).sum().backward()
+        except Exception as error:  # pragma: no cover - reported below
+            errors.append(error)
+    workers = [threading.Thread(target=convs) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        seen.append(blas_threads())
+    for worker in workers:
+        worker.join()
+    assert not errors
+    assert blas_threads() == before
+    assert all(counts == before for counts in seen)
+
+
+def test_import_minires_needs_only_numpy():
+    """No threadpoolctl, plots, models or inspect at import, nor after a fast conv."""
+    loaded = run_python(CONV + """
+import sys
+conv_step()
+print(" ".join(sorted(sys.modules)))
+""").split()
+    for name in ("threadpoolctl", "matplotlib", "tqdm", "torch", "minires.models",
+                 "minires.inspect", "minires.nn", "minires.train"):
+        assert name not in loaded, name
+
+
+def test_minires_runs_without_the_fast_folder(tmp_path):
+    """A student build deletes minires/fast: functional then runs the references."""
+    shutil.copytree(os.path.join(REPO, "minires"), tmp_path / "minires",
+                    ignore=shutil.ignore_patterns("fast", "__pycache__"))
+    out = run_python(CONV + """
+import minires.functional as F
+from minires.ops.conv import Conv2d
+x = minires.tensor(np.ones((2, 3, 5, 5), np.float32))
+y = F.conv2d(x, minires.tensor(np.ones((4, 3, 3, 3), np.float32)), padding=1)
+print(F.fast_ops_enabled(), np.isfinite(conv_step()).all(), minires.__file__)
+""", pythonpath=str(tmp_path))
+    enabled, finite, where = out.split()
+    assert (enabled, finite) == ("False", "True") and where.startswith(str(tmp_path))
+
+
+def op_class(y):
+    return type(y.creator)
+
+
+def test_reference_ops_on_request_and_back(rng):
+    x = make(rng.standard_normal((2, 3, 5, 5)), "cpu", requires_grad=True)
+    w = make(rng.standard_normal((4, 3, 3, 3)), "cpu", requires_grad=True)
+    g, b = make(np.ones(4), "cpu", requires_grad=True), make(np.zeros(4), "cpu")
+    assert op_class(F.conv2d(x, w)) is fast_conv.FastConv2d
+    minires.use_reference_ops()
+    try:
+        assert not F.fast_ops_enabled()
+        y = F.conv2d(x, w)
+        assert op_class(y) is reference_conv.Conv2d
+        assert type(F.batch_norm(y, g, b).creator).__module__ == "minires.ops.norm"
+    finally:
+        minires.use_fast_ops()
+    assert op_class(F.conv2d(x, w)) is fast_conv.FastConv2d
+
+
+def test_minires_fast_ops_0_runs_the_references():
+    out = run_python(CONV + """
+import minires.functional as F
+x = minires.tensor(np.ones((1, 1, 3, 3)), requires_grad=True)
+print(F.fast_ops_enabled(), type(F.conv2d(x, x).creator).__module__)
+""", MINIRES_FAST_OPS="0")
+    assert out.split() == ["False", "minires.ops.conv"]
