@@ -295,3 +295,52 @@ def test_a_chain_deeper_than_the_recursion_limit(device):
     y.backward()
     np.testing.assert_allclose(x.grad.numpy(), 1.0001 ** depth, rtol=1e-9)
     del y  # tearing the chain down must not overflow either
+
+
+# --- in-place changes: the version counter ---------------------------------------------------------
+
+def test_version_counts_in_place_changes_through_minires():
+    t = minires.tensor(np.arange(3.0))
+    assert t._version == 0
+    t.data *= 2                         # the same array back: an in-place change
+    t.copy_([5.0, 6.0, 7.0])
+    assert t._version == 2
+    np.testing.assert_array_equal(t.numpy(), [5.0, 6.0, 7.0])
+    t.data = np.zeros(3)                # a new array: the old one, wherever saved, is intact
+    assert t._version == 2
+
+
+@pytest.mark.parametrize("change", ["augmented", "copy_"])
+def test_backward_refuses_a_saved_input_changed_in_place(change):
+    x = minires.tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    w = minires.tensor(np.array([0.5, -1.0, 2.0]), requires_grad=True)
+    y = (x * w).sum()                   # mul saves x and w for its backward
+    if change == "augmented":
+        w.data += 1
+    else:
+        w.copy_(np.zeros(3))
+    with pytest.raises(RuntimeError, match=r"input 1 of mul .* modified in place after the forward"
+                                           r" \(version 0 then, 1 now\)"):
+        y.backward()
+
+
+def test_an_optimizer_step_before_backward_is_caught():
+    """The classic slip: step() between forward and backward changes the saved weights."""
+    from minires.nn import Linear
+    from minires.optim import SGD
+    layer = Linear(3, 2)
+    loss = layer(minires.tensor(np.ones((4, 3), np.float32))).sum()
+    layer.weight.grad = minires.tensor(np.ones((2, 3), np.float32))
+    SGD(layer.parameters(), lr=0.1).step()
+    with pytest.raises(RuntimeError, match=r"of linear .* modified in place"):
+        loss.backward()
+
+
+def test_replacing_data_or_changing_after_backward_is_fine():
+    x = minires.tensor(np.array([1.0, 2.0]), requires_grad=True)
+    y = (x * x).sum()
+    x.data = np.array([10.0, 20.0])     # a new array: the graph still holds the old one
+    y.backward()
+    np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
+    x.data -= 1                         # after backward: nothing saved is read again
+    assert x._version == 1
