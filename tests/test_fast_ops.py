@@ -79,7 +79,9 @@ def test_run_chunks_runs_each_chunk_once_in_order_of_results(monkeypatch, thread
 
     def square(k):
         ran_in.append(threading.get_ident())
-        time.sleep(0.001)  # long enough that no thread takes every chunk
+        deadline = time.monotonic() + 10  # each chunk waits for every thread to take one
+        while len(set(ran_in)) < int(threads) and time.monotonic() < deadline:
+            time.sleep(0.001)
         return k * k
     assert fast_threads.run_chunks(square, list(range(50))) == [k * k for k in range(50)]
     assert len(ran_in) == 50 and threading.get_ident() in ran_in

@@ -59,25 +59,32 @@ def _pool_of(size):
 
 def run_chunks(fn, chunks):
     """[fn(chunk) for chunk in chunks], the calls spread over the calling thread and the pool's
-    helpers. Each thread takes the next chunk when it is done with one. The caller works too:
-    when it only waited, waking at each finished chunk, it took a core from the workers."""
+    helpers. Each thread takes the next chunk when it is done with one. The caller works too, and
+    waits only for chunks a helper has taken, never for a helper to wake up: on a busy machine a
+    helper that starts late finds nothing left, and the call costs what one thread would."""
     size = min(num_threads(), len(chunks))
     if size <= 1:
         return [fn(chunk) for chunk in chunks]
     results, next_index = [None] * len(chunks), itertools.count()  # shared: next() is atomic
+    errors, finished, all_done = [], itertools.count(1), threading.Event()
 
     def work():
         for i in next_index:  # the next chunk that no thread has taken
             if i >= len(chunks):
                 return
-            results[i] = fn(chunks[i])
+            try:
+                results[i] = fn(chunks[i])
+            except BaseException as error:  # re-raised in the caller
+                errors.append(error)
+            if next(finished) == len(chunks):
+                all_done.set()
     pool = _pool_of(size - 1)
-    helpers = [pool.submit(work) for _ in range(size - 1)]
-    try:
-        work()
-    finally:
-        for helper in helpers:
-            helper.result()
+    for _ in range(size - 1):
+        pool.submit(work)
+    work()
+    all_done.wait()
+    if errors:
+        raise errors[0]
     return results
 
 
