@@ -20,11 +20,9 @@ the import costs) and, as "step MB", the peak minus the resident set just before
 pool (the pool keeps its high-water mark, like torch's max_memory_reserved) against torch's
 max_memory_reserved and max_memory_allocated.
 
-Allocation. When its first fast op runs, minires sets glibc's malloc to keep freed memory in the
-process (minires/ops/_memory.py: without it a ResNet-20 step at batch 128 spent a quarter of its
-time in page faults). The setting is the process's, so the frameworks timed beside minires
-allocate the same way (PyTorch's step gained about 5% from it here). In the memory runs each
-framework has a process of its own, and only minires's sets it.
+Allocation. minires leaves glibc's malloc as it is (minires/fast/memory.py); run with
+MINIRES_KEEP_FREED_MEMORY=1 to time it with freed memory kept in the process, which then applies
+to every framework timed beside it.
 
 torch and dezero are optional: without them the table has minires's times only.
 """

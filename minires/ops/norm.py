@@ -5,6 +5,13 @@ Training: each channel is normalised with its batch mean and (biased) variance,
 and the running statistics move toward the batch's, with the *unbiased* variance:
     running = (1 - momentum) * running + momentum * batch.
 Evaluation: the running statistics stand in for the batch's, so y is an affine map of x.
+
+What runs where. This file is the readable reference, and it is what runs on the GPU (CuPy),
+with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
+`minires/fast` folder is absent. For NumPy arrays `minires.functional.batch_norm` runs
+`minires.fast.norm.FastBatchNorm` instead: a subclass of `BatchNorm` below (same checks, errors
+and running statistics) with fewer passes over memory. tests/test_fast_ops.py pins the two equal
+(output, gradients and running statistics, to 1e-11 in float64).
 """
 from .. import backend
 from ..autograd import Function, Tensor
