@@ -7,7 +7,7 @@ from . import backend, functional
 from .autograd import Function, Tensor, no_grad, tensor
 from .backend import gpu_available
 from .gradcheck import gradcheck
-from .inspect.anomaly import detect_anomaly
+from .anomaly import detect_anomaly
 
 __version__ = "0.1.0"
 

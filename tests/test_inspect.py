@@ -12,7 +12,7 @@ from helpers import make
 
 def _batch(device, n=8, seed=0):
     x, y, _ = inspect.one_batch(n, "synthetic", seed, device)
-    return minires.tensor(x.data, requires_grad=True), y
+    return minires.tensor(x.data, requires_grad=True, device=device), y
 
 
 def _recorded(model, x, y, keep_arrays=True):
@@ -83,7 +83,7 @@ def test_projection_shortcut_part_is_its_vector_jacobian_product(device):
     arrays = rec.arrays("layer1.0")
     assert not rec.block_stats[0]["shortcut_is_g"]
     # Ws^T g through the projection conv and its BN, computed on its own from the same input
-    x0 = minires.tensor(block_inputs["x"].data, requires_grad=True)
+    x0 = minires.tensor(block_inputs["x"].data, requires_grad=True, device=device)
     block.downsample(x0).backward(arrays["add_grad"])
     np.testing.assert_allclose(backend.to_numpy(x0.grad.data),
                                backend.to_numpy(arrays["shortcut"]), rtol=1e-4, atol=1e-7)
@@ -114,7 +114,8 @@ def test_layer_table_has_every_conv_and_linear(device):
     x, y = _batch(device)
     model = _model(device)
     rec = _recorded(model, x, y, keep_arrays=False)
-    convs = [n for n, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")]
+    layers = (minires.nn.Conv2d, minires.nn.Linear)
+    convs = [n for n, m in model.named_modules() if isinstance(m, layers)]
     assert [r["layer"] for r in rec.layers] == convs
     for row in rec.layers:
         assert row["input_grad_norm"] > 0 and row["weight_grad_norm"] > 0
@@ -148,7 +149,7 @@ def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the inf is the point
 def test_detect_anomaly_names_op_and_layer_in_forward_and_backward(device):
-    model = minires.nn.Sequential(minires.nn.Linear(3, 2))
+    model = minires.nn.Sequential(minires.nn.Linear(3, 2)).to(device)
     x = make(np.ones((1, 3), dtype=np.float32), device)
     model[0].weight.data[...] = float("nan")
     with pytest.raises(FloatingPointError, match=r"linear in layer '0'"):
