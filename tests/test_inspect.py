@@ -1,11 +1,14 @@
 """minires.inspect: the "+1" split, per-layer statistics, Jacobians, anomaly mode, and the numbers
 the paper's argument rests on (plain vs residual gradient norms at initialisation)."""
+import threading
+
 import numpy as np
 import pytest
 
 import minires
-from minires import backend, inspect, models
+from minires import autograd, backend, inspect, models
 from minires import functional as F
+from minires.ops.arithmetic import Mul
 
 from helpers import make
 
@@ -163,6 +166,56 @@ def test_detect_anomaly_names_op_and_layer_in_forward_and_backward(device):
     z.zero_grad()
     F.pow(z + 1.0, 0.5).sum().backward()  # no error outside anomaly mode or when finite
     assert np.isfinite(z.grad.numpy()).all()
+
+
+def test_anomaly_mode_is_per_thread():
+    """Another thread's log(-1), while this thread is in anomaly mode, raises neither there nor
+    here; this thread's own log(-1) does."""
+    assert inspect.detect_anomaly is minires.detect_anomaly
+    entered, other_done, errors = threading.Event(), threading.Event(), []
+
+    def other_thread():
+        entered.wait(30)
+        try:
+            with np.errstate(invalid="ignore"):
+                F.log(minires.tensor([-1.0], device="cpu"))
+        except Exception as error:  # noqa: BLE001 - the test reports whatever was raised
+            errors.append(error)
+        other_done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with minires.detect_anomaly():
+        entered.set()
+        assert other_done.wait(30)
+        with pytest.raises(FloatingPointError, match="forward of log"), \
+                np.errstate(invalid="ignore"):
+            F.log(minires.tensor([-1.0], device="cpu"))
+    worker.join()
+    assert errors == []
+
+
+def test_observers_get_the_op_its_input_tensors_its_output_and_the_gradients(device):
+    """The public contract inspect and anomaly mode are built on (minires.autograd)."""
+    seen = []
+    removers = [
+        autograd.add_forward_observer(lambda op, inputs, output: seen.append((op, inputs, output))),
+        autograd.add_backward_observer(lambda op, inputs, grad_output, grad_inputs: seen.append(
+            (op, inputs, grad_output, grad_inputs)))]
+    try:
+        a = make(np.array([1.0, 2.0]), device, requires_grad=True)
+        b = make(np.array([3.0, 4.0]), device)
+        y = F.mul(a, b)
+        y.backward(np.array([1.0, 10.0]))
+    finally:
+        for remove in removers:
+            remove()
+    (op, inputs, output), (op_again, inputs_again, grad_output, grad_inputs) = seen
+    assert isinstance(op, Mul) and op_again is op and op.name == "mul"
+    assert inputs[0] is a and inputs[1] is b and inputs_again == inputs and output is y
+    np.testing.assert_array_equal(backend.to_numpy(grad_output), [1.0, 10.0])
+    assert len(grad_inputs) == 2  # one per input (None where an op skips an unneeded one)
+    np.testing.assert_array_equal(backend.to_numpy(grad_inputs[0]), [3.0, 40.0])
 
 
 def _ratios(depth, batch_norm, seeds):
