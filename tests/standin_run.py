@@ -2,6 +2,7 @@
 
     python tests/standin_run.py -m minires gradients --device cuda --depths 8
     python tests/standin_run.py tutorials/02_the_residual_add_backward.py
+    python tests/standin_run.py -c "import minires; print(minires.gpu_available())"
 
 For the tests that run the CLI and the tutorials in a subprocess, and for
 `benchmarks/gpu_check.py --standin`. It registers the stand-in (tests/cupy_standin.py) and then runs
@@ -24,6 +25,10 @@ def main(argv):
         sys.argv = argv[1:]
         sys.path[0] = os.getcwd()  # as `python -m` puts it
         runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+    elif argv[:1] == ["-c"] and len(argv) > 1:
+        sys.argv = ["-c"] + argv[2:]
+        sys.path[0] = ""  # as `python -c` puts it
+        exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
     elif argv:
         sys.argv = argv
         sys.path[0] = os.path.dirname(os.path.abspath(argv[0]))  # as `python script.py` puts it
