@@ -108,13 +108,16 @@ def test_a_checkpoint_moves_between_devices_and_training_goes_on_the_same(source
         np.testing.assert_allclose(q.numpy(), p.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
 
 
-def test_record_gradients_runs_where_its_batch_is():
-    """The main job's core: the net follows x to the device (x used to be moved to the default)."""
-    x, y, _ = inspect.one_batch(4, "synthetic", 0, "cuda")
-    rec = inspect.record_gradients(8, True, x, y)
-    cpu = inspect.record_gradients(8, True, x.to("cpu"), y.to("cpu"), device="cpu")
-    np.testing.assert_allclose([b["input_grad_norm"] for b in rec.block_stats],
-                               [b["input_grad_norm"] for b in cpu.block_stats], rtol=1e-3)
+def test_the_main_jobs_compare_on_cuda_gives_the_cpu_numbers():
+    """What `minires gradients --device cuda` calls (it crashed on the GPU: record_gradients moved
+    the input back to the default device, the CPU, while the net was on the GPU)."""
+    on_cuda, _ = inspect.compare([8], batch_size=4, device="cuda")
+    on_cpu, _ = inspect.compare([8], batch_size=4, device="cpu")
+    for key in on_cpu:
+        for stat in ("input_grad_norm", "shortcut_grad_norm", "branch_grad_norm"):
+            got = [b.get(stat, 0.0) for b in on_cuda[key].block_stats]
+            want = [b.get(stat, 0.0) for b in on_cpu[key].block_stats]
+            np.testing.assert_allclose(got, want, rtol=1e-3, err_msg=f"{key} {stat}")
 
 
 @pytest.fixture
