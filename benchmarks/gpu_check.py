@@ -8,7 +8,8 @@ downloaded (it needs numpy, cupy, matplotlib, pytest and torch; pytest-xdist whe
 steps, each a subprocess with its own time limit (their sum stays under five minutes):
 
   env         nvidia-smi and the versions of Python, NumPy, CuPy and torch; does minires see a GPU
-  cuda tests  pytest -m cuda: every device test's cuda variant, and the gpu-only tests, on the GPU
+  cuda tests  pytest -m "cuda or gpu": every device test's cuda variant, all seven tutorials on
+              cuda, and the gpu-only tests, on the GPU
   suite       MINIRES_DEVICE=cuda pytest: the whole suite with cuda as the default device
   main job    minires gradients --device cuda --depths 20 56 110
   train       minires train --device cuda: one epoch of ResNet-20 on synthetic data
@@ -37,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STANDIN_RUNNER = ROOT / "tests" / "standin_run.py"
 
 
-# --- the steps -------------------------------------------------------------------------------------
+# --- the steps ------------------------------------------------------------------------------------
 
 def steps(files, standin):
     """(name, command, seconds allowed, summarizer) for each step; tiny sizes on the stand-in."""
@@ -99,7 +100,7 @@ print("gpu", name.decode() if isinstance(name, bytes) else name)
 """
 
 
-# --- key numbers from each step's output -------------------------------------------------------------
+# --- key numbers from each step's output ----------------------------------------------------------
 
 def summarize_env(output):
     found = [re.search(pattern, output, re.M) for pattern in
@@ -147,7 +148,7 @@ def summarize_train_step(json_path):
     return "; ".join(parts)
 
 
-# --- running -------------------------------------------------------------------------------------------
+# --- running --------------------------------------------------------------------------------------
 
 def run_step(command, seconds, env):
     """(exit status or 'timeout', seconds taken, output); a step that hangs is killed with its
@@ -182,6 +183,8 @@ def main(argv=None):
     files.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    if not args.standin:
+        env["MINIRES_CUDA_TUTORIALS"] = "all"  # all seven: tests/test_cuda_tutorials.py
     plan = steps(files, args.standin)
     print(f"gpu_check{' --standin' if args.standin else ''}: {len(plan)} steps, at most "
           f"{sum(s[2] for s in plan)} s; log {log}", flush=True)

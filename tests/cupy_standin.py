@@ -32,7 +32,7 @@ _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
              "Please use `.get()` to construct a NumPy array explicitly.")
 
 
-# --- the array type ------------------------------------------------------------------------------
+# --- the array type -------------------------------------------------------------------------------
 
 class ndarray:  # noqa: N801 - CuPy's name
     """A "device" array: a NumPy array behind a wall that only explicit copies cross."""
@@ -182,7 +182,7 @@ for _name in _METHODS:
     setattr(ndarray, _name, _method(_name))
 
 
-# --- crossing the wall ---------------------------------------------------------------------------
+# --- crossing the wall ----------------------------------------------------------------------------
 
 def _unwrap(value):
     """The NumPy array behind a device array, for computing; a NumPy array here is a device mix."""
@@ -254,7 +254,7 @@ def _is_bool_array(p):
     return isinstance(p, np.ndarray) and p.dtype == bool
 
 
-# --- the module: NumPy's functions on device arrays ------------------------------------------------
+# --- the module: NumPy's functions on device arrays -----------------------------------------------
 
 _HOST_INPUTS = {"array", "asarray", "asanyarray"}  # the functions that take host data (and copy it)
 

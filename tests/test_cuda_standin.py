@@ -1,4 +1,5 @@
-"""The CuPy stand-in keeps the differences from NumPy that device bugs hide in (tests/cupy_standin.py).
+"""The CuPy stand-in (tests/cupy_standin.py) keeps the differences from NumPy that device bugs
+hide in.
 
 These run on the stand-in only: on a GPU machine the cuda device is CuPy itself, and the same
 device tests run on it.
@@ -38,7 +39,8 @@ def test_mixing_with_a_numpy_array_raises_on_either_side(mix):
 
 
 def test_minires_names_the_op_and_the_devices_when_tensors_mix():
-    with pytest.raises(ValueError, match=r"matmul: .*input 0 \(2, 3\) on cuda, input 1 \(3, 2\) on cpu"):
+    with pytest.raises(ValueError,
+                       match=r"matmul: .*input 0 \(2, 3\) on cuda, input 1 \(3, 2\) on cpu"):
         F.matmul(minires.tensor(np.ones((2, 3)), device="cuda"), minires.tensor(np.ones((3, 2))))
 
 
