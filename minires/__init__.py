@@ -5,27 +5,16 @@ runs on NumPy (CPU) and CuPy (GPU) arrays. `minires.fast` holds faster CPU versi
 batch_norm, chosen in `minires.functional`; `use_reference_ops()` runs the readable ones instead.
 
 `import minires` needs only NumPy and loads the engine and the ops; `minires.nn`, `models`,
-`optim`, `inspect` and the rest load when they are imported (`detect_anomaly` when first used).
+`optim`, `inspect` and the rest load when they are imported.
 """
-import importlib
-
 from . import backend, functional
 from .autograd import Function, Tensor, no_grad, tensor
 from .backend import gpu_available
+from .anomaly import detect_anomaly
 from .functional import use_fast_ops, use_reference_ops
 from .gradcheck import gradcheck  # eager: the submodule of the same name must not shadow it
 
 __version__ = "0.1.0"
-
-_LAZY = {"detect_anomaly": ("minires.inspect.anomaly", "detect_anomaly")}
-
-
-def __getattr__(name):
-    """Load `detect_anomaly` (and with it minires.inspect) on first use (PEP 562), not at `import minires`."""
-    if name in _LAZY:
-        module, attribute = _LAZY[name]
-        return getattr(importlib.import_module(module), attribute)
-    raise AttributeError(f"module 'minires' has no attribute {name!r}")
 
 
 def manual_seed(seed):

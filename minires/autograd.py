@@ -242,7 +242,11 @@ class Function:
         _check_float_dtypes(self.name, arrays)
         self.needs_input_grad = tuple(t.requires_grad and self._takes_grad(i)
                                       for i, t in enumerate(tensors))
-        output = self.forward(*arrays)
+        try:
+            output = self.forward(*arrays)
+        except backend.OUT_OF_MEMORY as error:  # GPU memory: say which op, layer and shapes
+            raise backend.out_of_memory_error(error, self.name, "forward", current_scope(), {
+                f"input {i}": a for i, a in enumerate(arrays)}) from error
         result = Tensor(output)
         if is_grad_enabled() and any(self.needs_input_grad):
             result.requires_grad = True
@@ -251,8 +255,8 @@ class Function:
             self._input_versions = [t._version for t in tensors]
             self._output = weakref.ref(result)
             self._scope = current_scope()
-        for observer in _forward_observers:
-            observer(self, tensors, output)
+        for observer in _forward_observers.callbacks:
+            observer(self, tuple(tensors), result)
         return result
 
     def _takes_grad(self, index):
@@ -297,10 +301,15 @@ def run_backward(root, grad, retain_graph=False):
         output = fn._output()
         if output is not None:
             grad_output = _finish_gradient(output, grad_output)
-        grad_inputs = fn.backward(grad_output)
+        try:
+            grad_inputs = fn.backward(grad_output)
+        except backend.OUT_OF_MEMORY as error:  # GPU memory: say which op, layer and shapes
+            raise backend.out_of_memory_error(error, fn.name, "backward", fn.layer(), {
+                "gradient": grad_output, **{f"input {i}": x.data for i, x in enumerate(fn._inputs)}
+            }) from error
         grad_inputs = grad_inputs if isinstance(grad_inputs, tuple) else (grad_inputs,)
-        for observer in _backward_observers:
-            observer(fn, grad_output, grad_inputs)
+        for observer in _backward_observers.callbacks:
+            observer(fn, tuple(fn._inputs), grad_output, grad_inputs)
         for x, gx in zip(fn._inputs, grad_inputs):
             if gx is None or not x.requires_grad:
                 continue
@@ -467,21 +476,52 @@ def current_scope():
 
 
 # --- observers: read-only callbacks that minires.inspect and anomaly mode plug into ----------------
+#
+# The public contract (minires.inspect and minires.anomaly read nothing else of autograd):
+#   forward observer   fn(op, inputs, output)                    after every op's forward
+#   backward observer  fn(op, inputs, grad_output, grad_inputs)  after every op's backward
+# op          the Function: op.name, op.layer() (the module path it ran in), and its class (test
+#             it with isinstance against the classes in minires.ops)
+# inputs      tuple of the op's input Tensors, in the order the op took them
+# output      the output Tensor
+# grad_output dL/d(output), an array;  grad_inputs: tuple, grad_inputs[i] = dL/d(inputs[i]), an
+#             array, or None where no gradient flows
+# Observers only look: they must not change any of these. They are process-wide and run in the
+# thread that runs the op; a per-thread mode (anomaly) keeps its own thread-local switch.
 
-_forward_observers = []
-_backward_observers = []
+class _Observers:
+    """Callbacks that threads may add and remove while others call them: every change makes a
+    new tuple, so a thread going through the callbacks never sees the set change under it."""
+
+    def __init__(self):
+        self.callbacks = ()
+        self._lock = threading.Lock()
+
+    def add(self, fn):
+        with self._lock:
+            self.callbacks += (fn,)
+        return lambda: self._remove(fn)
+
+    def _remove(self, fn):
+        with self._lock:
+            kept = list(self.callbacks)
+            kept.remove(fn)
+            self.callbacks = tuple(kept)
+
+
+_forward_observers, _backward_observers = _Observers(), _Observers()
 
 
 def add_forward_observer(fn):
-    """fn(function, input_tensors, output_array) after every op's forward. Returns a remover."""
-    _forward_observers.append(fn)
-    return lambda: _forward_observers.remove(fn)
+    """fn(op, inputs, output) after every op's forward (see the contract above). Returns a
+    remover: call it to take fn away."""
+    return _forward_observers.add(fn)
 
 
 def add_backward_observer(fn):
-    """fn(function, grad_output, grad_inputs) after every op's backward. Returns a remover."""
-    _backward_observers.append(fn)
-    return lambda: _backward_observers.remove(fn)
+    """fn(op, inputs, grad_output, grad_inputs) after every op's backward (see the contract
+    above). Returns a remover."""
+    return _backward_observers.add(fn)
 
 
 class RemovableHandle:

@@ -6,23 +6,56 @@ GPU answers; without it, minires is a pure-NumPy library.
 
 Devices are named ``"cpu"`` (NumPy) and ``"cuda"`` (CuPy). The default device comes from the
 environment variable ``MINIRES_DEVICE`` (``cpu`` when unset).
+
+The test suite registers a CPU stand-in for CuPy as the cuda device when no GPU answers
+(`register_cuda_module`, tests/cupy_standin.py), so every line here that handles CuPy arrays runs
+on every CI run.
 """
 import os
+import re
 
 import numpy as np
 
-try:  # CuPy is optional: the `gpu` extra.
+INSTALL_CUPY = ("pip install cupy-cuda12x (CUDA 12.x driver) or cupy-cuda13x (CUDA 13.x driver), "
+                "the one matching the 'CUDA Version' that nvidia-smi prints; add the [ctk] extra "
+                "(e.g. cupy-cuda13x[ctk]) when the machine has no CUDA toolkit")
+
+try:  # CuPy is optional: see INSTALL_CUPY
     import cupy as _cupy
     import cupyx as _cupyx
-except Exception:  # ImportError, or a CUDA library that fails to load
-    _cupy = None
-    _cupyx = None
+    _cupy_import_error = None
+except Exception as error:  # ImportError, or a CUDA library that fails to load
+    _cupy = _cupyx = None
+    _cupy_import_error = error
 
 DEVICES = ("cpu", "cuda")
 
 
+def _out_of_memory_errors(cupy):
+    """The exception CuPy raises when device memory runs out (a tuple, for `except`)."""
+    return (cupy.cuda.memory.OutOfMemoryError,) if cupy is not None else ()
+
+
+OUT_OF_MEMORY = _out_of_memory_errors(_cupy)  # autograd catches these to name the op
+
+
+def register_cuda_module(cupy_like, cupyx_like):
+    """Use `cupy_like` (and `cupyx_like` for scatter_add) as the cuda device's array module.
+
+    For tests: tests/cupy_standin.py registers a CPU stand-in for CuPy this way when no GPU answers,
+    so the cuda code paths run everywhere. `register_cuda_module(None, None)` turns cuda off.
+    The module must offer what minires calls on CuPy: an `ndarray` type, NumPy's functions,
+    `asarray`, `asnumpy`, `random.seed`, `cuda.runtime.getDeviceCount`,
+    `cuda.Stream.null.synchronize` and `cuda.memory.OutOfMemoryError`. Returns the previous pair.
+    """
+    global _cupy, _cupyx, OUT_OF_MEMORY
+    previous = (_cupy, _cupyx)
+    _cupy, _cupyx, OUT_OF_MEMORY = cupy_like, cupyx_like, _out_of_memory_errors(cupy_like)
+    return previous
+
+
 def gpu_available():
-    """True when CuPy is importable and at least one CUDA device answers."""
+    """True when CuPy (or the module registered for cuda) loads and a CUDA device answers."""
     if _cupy is None:
         return False
     try:
@@ -36,8 +69,22 @@ def check_device(device):
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}: use 'cpu' (NumPy) or 'cuda' (CuPy)")
     if device == "cuda" and not gpu_available():
-        raise RuntimeError("device 'cuda' needs CuPy and a GPU: pip install 'minires[gpu]'")
+        raise RuntimeError(f"device 'cuda' needs CuPy and a GPU: {_why_no_gpu()}")
     return device
+
+
+def _why_no_gpu():
+    """What to do about a missing cuda device, in one sentence."""
+    if _cupy is None and isinstance(_cupy_import_error, (ModuleNotFoundError, type(None))):
+        return f"CuPy is not installed; {INSTALL_CUPY}"
+    if _cupy is None:
+        return (f"CuPy is installed but failed to load ({_cupy_import_error}); check that the "
+                f"cupy-cudaXXx package matches the driver: {INSTALL_CUPY}")
+    try:
+        count = _cupy.cuda.runtime.getDeviceCount()
+    except Exception as error:
+        return f"CuPy is installed but no CUDA device answers ({error})"
+    return f"CuPy is installed but sees {count} CUDA devices"
 
 
 def default_device():
@@ -92,6 +139,25 @@ def scatter_add(target, index, values):
         np.add.at(target, index, values)
 
 
+class DeviceOutOfMemoryError(MemoryError):
+    """GPU memory ran out inside an op; the message names the op, its layer and its shapes."""
+
+
+def out_of_memory_error(error, op, phase, layer, arrays):
+    """The error to raise instead of CuPy's OutOfMemoryError `error`, met in `phase` ('forward'
+    or 'backward') of `op`: which op, in which layer, on which shapes ({name: array}), wanted
+    how many bytes."""
+    wanted = re.search(r"allocating ([\d,]+) bytes", str(error))
+    size = int(wanted.group(1).replace(",", "")) if wanted else None
+    where = f" in layer '{layer}'" if layer else ""
+    amount = f"{size:,} bytes ({size / 2**20:.1f} MiB)" if size is not None else "memory"
+    shapes = ", ".join(f"{name} {tuple(a.shape)} {a.dtype}" for name, a in arrays.items())
+    return DeviceOutOfMemoryError(
+        f"{op} {phase}{where}: out of GPU memory allocating {amount}, on {shapes}. Use a smaller "
+        f"batch, free arrays you keep (and graphs kept with retain_graph=True), or a larger GPU. "
+        f"CuPy said: {error}")
+
+
 def seed(value):
     """Seed NumPy's global generator and, when present, CuPy's."""
     np.random.seed(value)
@@ -106,5 +172,6 @@ def synchronize(array=None):
 
 
 def cupy_module():
-    """CuPy itself, for the optional fused GPU kernels; None when it is not installed."""
+    """CuPy itself (or the module registered for cuda), for GPU-only tools such as its memory
+    pool; None when there is none."""
     return _cupy

@@ -1,6 +1,10 @@
-"""Shared fixtures: every test that takes `device` runs on the CPU, and again on CuPy when a GPU
-answers (ids "cpu" / "cuda"). Tests marked `gpu` are skipped without one; tests marked `torch`
-compare against PyTorch and are skipped when it is not installed (see helpers.import_torch).
+"""Shared fixtures: every test that takes `device` runs on the CPU and again on the cuda device
+(ids "cpu" / "cuda"). The cuda device is CuPy on a real GPU when one answers, and otherwise the
+CPU stand-in for CuPy (cupy_standin.py), so the GPU code paths run on every CI run.
+
+Markers: `cuda` is set on every cuda variant (`pytest -m cuda` runs just those); `gpu` marks the
+tests that need a real GPU (timing, memory, custom kernels) and skips them without one; `torch`
+compares against PyTorch and is skipped when it is not installed (see helpers.import_torch).
 
 Run one part only with a marker, e.g. `pytest -m torch` or `pytest -m "not gpu"`.
 """
@@ -14,22 +18,40 @@ sys.path.insert(0, os.path.dirname(__file__))  # so test modules can `import hel
 
 from minires import backend  # noqa: E402
 
-GPU = backend.gpu_available()
-DEVICES = ["cpu"] + (["cuda"] if GPU else [])
+import cupy_standin  # noqa: E402
+
+REAL_GPU = backend.gpu_available()
+if not REAL_GPU:
+    cupy_standin.register()
+
+
+def pytest_report_header(config):
+    return ("cuda device: " + ("CuPy on a real GPU" if REAL_GPU else
+                               "the CPU stand-in for CuPy (tests/cupy_standin.py)"))
 
 
 def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs CuPy and a GPU")
+    skip_gpu = pytest.mark.skip(reason="needs CuPy and a real GPU")
     for item in items:
-        if "gpu" in item.keywords and not GPU:
+        if "gpu" in item.keywords and not REAL_GPU:
             item.add_marker(skip_gpu)
 
 
-@pytest.fixture(params=[pytest.param(d, id=d, marks=[pytest.mark.gpu] if d == "cuda" else [])
-                        for d in DEVICES])
+@pytest.fixture(params=[pytest.param(d, id=d, marks=[pytest.mark.cuda] if d == "cuda" else [])
+                        for d in backend.DEVICES])
 def device(request):
-    """'cpu', and 'cuda' as well when CuPy is importable and a GPU answers."""
+    """'cpu', then 'cuda' (a real GPU, or the CuPy stand-in without one)."""
     return request.param
+
+
+@pytest.fixture
+def without_cuda():
+    """No cuda device at all during the test (as on a machine without CuPy)."""
+    previous = backend.register_cuda_module(None, None)
+    try:
+        yield
+    finally:
+        backend.register_cuda_module(*previous)
 
 
 @pytest.fixture

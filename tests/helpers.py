@@ -7,9 +7,11 @@ import pytest
 import minires
 from minires import backend
 
-GPU = backend.gpu_available()
+import cupy_standin
 
-requires_gpu = pytest.mark.skipif(not GPU, reason="needs CuPy and a GPU")
+GPU = backend.gpu_available() and not cupy_standin.is_registered()  # a real GPU, not the stand-in
+
+requires_gpu = pytest.mark.skipif(not GPU, reason="needs CuPy and a real GPU")
 skip_without_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                         reason="needs PyTorch (the test-only oracle)")
 

@@ -9,7 +9,7 @@ import pytest
 import minires
 import minires.functional as F
 from minires import backend
-from helpers import make, requires_gpu
+from helpers import make
 
 
 # --- the Tensor API -------------------------------------------------------------------------------
@@ -256,8 +256,7 @@ def test_backward_without_a_graph_is_an_error(device):
         make(np.ones(1), device).backward()
 
 
-@pytest.mark.gpu
-@requires_gpu
+@pytest.mark.cuda  # a real GPU, or the CuPy stand-in
 def test_mixing_devices_names_the_op_and_both_devices():
     a = make(np.ones((2, 3)), "cpu")
     b = make(np.ones((2, 3)), "cuda")
@@ -268,8 +267,7 @@ def test_mixing_devices_names_the_op_and_both_devices():
         assert part in message, message
 
 
-@pytest.mark.gpu
-@requires_gpu
+@pytest.mark.cuda  # a real GPU, or the CuPy stand-in
 @pytest.mark.parametrize("source, target", [("cpu", "cuda"), ("cuda", "cpu")])
 def test_to_device_is_differentiable(source, target):
     values = np.array([1.0, -2.0, 3.0])

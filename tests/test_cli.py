@@ -68,10 +68,11 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         main(["train", "--model", "vgg16", "--data", "synthetic", "--out", str(tmp_path)])
 
 
-@pytest.mark.skipif(backend.gpu_available(), reason="checks the message shown without a GPU")
-def test_cuda_without_gpu_is_a_clear_error(tmp_path):
-    with pytest.raises(SystemExit, match="needs CuPy and a GPU"):
+def test_cuda_without_cupy_says_which_package_to_install(tmp_path, without_cuda):
+    with pytest.raises(SystemExit, match="needs CuPy and a GPU") as info:
         main(["train", "--device", "cuda", "--data", "synthetic", "--out", str(tmp_path)])
+    for advice in ("cupy-cuda12x", "cupy-cuda13x", "nvidia-smi"):
+        assert advice in str(info.value), str(info.value)
 
 
 def test_every_subcommand_module_has_its_functions():

@@ -16,7 +16,6 @@ from minires.data import (CLASSES, MEAN, STD, URL, ChecksumError, DataLoader, Da
                           UnsafeArchiveError, cifar10, load_cifar10, normalize, random_crop,
                           random_flip, safe_extract, synthetic_cifar, verify_md5)
 
-DEVICES = ["cpu"] + (["cuda"] if backend.gpu_available() else [])
 RECORDS = 3  # records per fake .bin file
 
 
@@ -337,7 +336,6 @@ def epoch_labels(loader):
     return [y for _, y in epoch(loader)]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_loader_batches(device):
     images, labels = indexed_set(10)
     loader = DataLoader(images, labels, batch_size=4, seed=0, device=device)

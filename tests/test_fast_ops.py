@@ -7,6 +7,8 @@ channels-last views the fast ops return).
 
 Gradchecks and PyTorch comparisons of both implementations are in test_gradcheck_ops.py and
 test_torch_oracle.py; this file pins the two to each other, to 1e-12 in float64.
+CPU-only by nature (on CuPy arrays the references run): every tensor here is made on "cpu", so
+the file means the same under MINIRES_DEVICE=cuda.
 """
 import threading
 import time
@@ -41,7 +43,7 @@ def conv_both(x, w, b, stride, padding, wants_x_grad=True):
         bt = None if b is None else make(b, "cpu", requires_grad=True)
         y = conv2d(xt, wt, bt, stride=stride, padding=padding)
         upstream = np.random.default_rng(1).standard_normal(y.shape)
-        (y * minires.tensor(upstream)).sum().backward()
+        (y * minires.tensor(upstream, device="cpu")).sum().backward()
         grads = [None if t is None or t.grad is None else t.grad.numpy() for t in (xt, wt, bt)]
         results.append((y.numpy(), grads))
     return results
@@ -176,7 +178,7 @@ def batch_norm_both(x, training, layout):
         xt = make(layout(x), "cpu", requires_grad=True)
         gt, bt = make(gamma, "cpu", requires_grad=True), make(beta, "cpu", requires_grad=True)
         y = batch_norm(xt, gt, bt, running_mean, running_var, training=training, momentum=0.3)
-        (y * minires.tensor(upstream)).sum().backward()
+        (y * minires.tensor(upstream, device="cpu")).sum().backward()
         results.append([y.numpy(), xt.grad.numpy(), gt.grad.numpy(), bt.grad.numpy(),
                         running_mean, running_var])
     return results

@@ -1,18 +1,21 @@
 """minires.inspect: the "+1" split, per-layer statistics, Jacobians, anomaly mode, and the numbers
 the paper's argument rests on (plain vs residual gradient norms at initialisation)."""
+import threading
+
 import numpy as np
 import pytest
 
 import minires
-from minires import backend, inspect, models
+from minires import autograd, backend, inspect, models
 from minires import functional as F
+from minires.ops.arithmetic import Mul
 
 from helpers import make
 
 
 def _batch(device, n=8, seed=0):
     x, y, _ = inspect.one_batch(n, "synthetic", seed, device)
-    return minires.tensor(x.data, requires_grad=True), y
+    return minires.tensor(x.data, requires_grad=True, device=device), y
 
 
 def _recorded(model, x, y, keep_arrays=True):
@@ -83,7 +86,7 @@ def test_projection_shortcut_part_is_its_vector_jacobian_product(device):
     arrays = rec.arrays("layer1.0")
     assert not rec.block_stats[0]["shortcut_is_g"]
     # Ws^T g through the projection conv and its BN, computed on its own from the same input
-    x0 = minires.tensor(block_inputs["x"].data, requires_grad=True)
+    x0 = minires.tensor(block_inputs["x"].data, requires_grad=True, device=device)
     block.downsample(x0).backward(arrays["add_grad"])
     np.testing.assert_allclose(backend.to_numpy(x0.grad.data),
                                backend.to_numpy(arrays["shortcut"]), rtol=1e-4, atol=1e-7)
@@ -114,7 +117,8 @@ def test_layer_table_has_every_conv_and_linear(device):
     x, y = _batch(device)
     model = _model(device)
     rec = _recorded(model, x, y, keep_arrays=False)
-    convs = [n for n, m in model.named_modules() if type(m).__name__ in ("Conv2d", "Linear")]
+    layers = (minires.nn.Conv2d, minires.nn.Linear)
+    convs = [n for n, m in model.named_modules() if isinstance(m, layers)]
     assert [r["layer"] for r in rec.layers] == convs
     for row in rec.layers:
         assert row["input_grad_norm"] > 0 and row["weight_grad_norm"] > 0
@@ -148,7 +152,7 @@ def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # the inf is the point
 def test_detect_anomaly_names_op_and_layer_in_forward_and_backward(device):
-    model = minires.nn.Sequential(minires.nn.Linear(3, 2))
+    model = minires.nn.Sequential(minires.nn.Linear(3, 2)).to(device)
     x = make(np.ones((1, 3), dtype=np.float32), device)
     model[0].weight.data[...] = float("nan")
     with pytest.raises(FloatingPointError, match=r"linear in layer '0'"):
@@ -162,6 +166,56 @@ def test_detect_anomaly_names_op_and_layer_in_forward_and_backward(device):
     z.zero_grad()
     F.pow(z + 1.0, 0.5).sum().backward()  # no error outside anomaly mode or when finite
     assert np.isfinite(z.grad.numpy()).all()
+
+
+def test_anomaly_mode_is_per_thread():
+    """Another thread's log(-1), while this thread is in anomaly mode, raises neither there nor
+    here; this thread's own log(-1) does."""
+    assert inspect.detect_anomaly is minires.detect_anomaly
+    entered, other_done, errors = threading.Event(), threading.Event(), []
+
+    def other_thread():
+        entered.wait(30)
+        try:
+            with np.errstate(invalid="ignore"):
+                F.log(minires.tensor([-1.0], device="cpu"))
+        except Exception as error:  # noqa: BLE001 - the test reports whatever was raised
+            errors.append(error)
+        other_done.set()
+
+    worker = threading.Thread(target=other_thread)
+    worker.start()
+    with minires.detect_anomaly():
+        entered.set()
+        assert other_done.wait(30)
+        with pytest.raises(FloatingPointError, match="forward of log"), \
+                np.errstate(invalid="ignore"):
+            F.log(minires.tensor([-1.0], device="cpu"))
+    worker.join()
+    assert errors == []
+
+
+def test_observers_get_the_op_its_input_tensors_its_output_and_the_gradients(device):
+    """The public contract inspect and anomaly mode are built on (minires.autograd)."""
+    seen = []
+    removers = [
+        autograd.add_forward_observer(lambda op, inputs, output: seen.append((op, inputs, output))),
+        autograd.add_backward_observer(lambda op, inputs, grad_output, grad_inputs: seen.append(
+            (op, inputs, grad_output, grad_inputs)))]
+    try:
+        a = make(np.array([1.0, 2.0]), device, requires_grad=True)
+        b = make(np.array([3.0, 4.0]), device)
+        y = F.mul(a, b)
+        y.backward(np.array([1.0, 10.0]))
+    finally:
+        for remove in removers:
+            remove()
+    (op, inputs, output), (op_again, inputs_again, grad_output, grad_inputs) = seen
+    assert isinstance(op, Mul) and op_again is op and op.name == "mul"
+    assert inputs[0] is a and inputs[1] is b and inputs_again == inputs and output is y
+    np.testing.assert_array_equal(backend.to_numpy(grad_output), [1.0, 10.0])
+    assert len(grad_inputs) == 2  # one per input (None where an op skips an unneeded one)
+    np.testing.assert_array_equal(backend.to_numpy(grad_inputs[0]), [3.0, 40.0])
 
 
 def _ratios(depth, batch_norm, seeds):

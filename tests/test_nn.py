@@ -603,7 +603,7 @@ def test_residual_add_joins_shortcut_and_branch_exactly():
     joined = []
     remove = autograd.add_forward_observer(
         lambda fn, inputs, out: joined.append([backend.to_numpy(a).copy()
-                                               for a in [t.data for t in inputs] + [out]])
+                                               for a in [t.data for t in inputs] + [out.data]])
         if fn.name == "residual_add" else None)
     try:
         y = block(x).numpy()

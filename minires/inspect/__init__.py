@@ -3,7 +3,7 @@
 Everything here observes through hooks and read-only autograd observers; recording never changes a
 number (a test checks the gradients are bit-identical with and without it).
 """
-from .anomaly import detect_anomaly
+from ..anomaly import detect_anomaly
 from .experiment import compare, one_batch, record_gradients, summary_lines, write_csv
 from .flops import FlopCount, count_flops
 from .jacobian import jacobian

@@ -43,13 +43,16 @@ def one_batch(batch_size=32, data="synthetic", seed=0, device=None):
 def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None):
     """Build the net (seeded), run one forward/backward on (x, y), return the Recorder.
 
-    With BN the convs get He init (fan_out); without BN, PyTorch's default uniform init.
+    The net goes to `device` (default: where x is), and x and y with it. With BN the convs get He
+    init (fan_out); without BN, PyTorch's default uniform init.
     """
+    device = device or x.device
     backend.seed(seed)
     model = cifar_resnet(depth, residual=residual, batch_norm=batch_norm,
                          init="he" if batch_norm else "torch")
-    model.to(device or backend.default_device()).train()
-    x = tensor(x.data, requires_grad=True)  # so the first layer's input gradient is recorded too
+    model.to(device).train()
+    x = tensor(x.data, requires_grad=True, device=device)  # a leaf: the first input gradient too
+    y = tensor(y.data, device=device)
     with record(model) as rec:
         loss = F.cross_entropy(model(x), y)
         loss.backward()

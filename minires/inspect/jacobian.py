@@ -12,11 +12,14 @@ from ..autograd import Tensor
 def jacobian(fn, x):
     """J[i, j] = d fn(x).ravel()[i] / d x.ravel()[j], as a NumPy array (outputs x inputs).
 
-    `x` is a Tensor (or array); `fn` maps a Tensor to a Tensor. Meant for small inputs: it runs one
-    backward per output element.
+    `x` is a Tensor, or an array that goes to the default device as in `minires.tensor` (keeping
+    its dtype); `fn` maps a Tensor to a Tensor. Meant for small inputs: it runs one backward per
+    output element.
     """
-    data = x.data if isinstance(x, Tensor) else backend.to_device(np.asarray(x), backend.default_device())
-    x = Tensor(data, requires_grad=True)
+    if not isinstance(x, Tensor):
+        x = Tensor(backend.to_device(x if backend.is_array(x) else np.asarray(x),
+                                     backend.default_device()))
+    x = Tensor(x.data, requires_grad=True)
     y = fn(x)
     xp = backend.xp(y.data)
     rows = []

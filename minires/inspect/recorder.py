@@ -13,11 +13,15 @@ through module hooks, tensor hooks and autograd's read-only observers:
       branch part = (dF/dx)^T g.
   The split is taken where the two paths part (the shortcut's input: x itself, or relu(bn1(x)) in
   a pre-activation block with a projection).
+
+It reads autograd only through its public observer contract (minires.autograd: the op, its input
+tensors, its output and gradients) and tells ops apart by class: the ResidualAdd of each block, and
+the ops that ran inside the block's shortcut module (seen between that module's forward hooks).
 """
 import numpy as np
 
 from .. import autograd, backend
-from ..nn import BasicBlock, BatchNorm2d, Conv2d, Linear, PreActBlock
+from ..nn import BasicBlock, BatchNorm2d, Conv2d, Identity, Linear, PadChannels, PreActBlock
 from ..ops.residual import ResidualAdd
 
 BLOCK_TYPES = (BasicBlock, PreActBlock)
@@ -38,8 +42,9 @@ def shortcut_kind(block):
     """'identity', 'A' (zero-pad), 'projection', or 'none' for a plain block."""
     if not getattr(block, "residual", False):
         return "none"
-    name = type(block.downsample).__name__
-    return {"Identity": "identity", "PadChannels": "A"}.get(name, "projection")
+    if isinstance(block.downsample, Identity):
+        return "identity"
+    return "A" if isinstance(block.downsample, PadChannels) else "projection"
 
 
 class _BlockRecord:
@@ -64,7 +69,10 @@ class Recorder:
         self.layers, self.blocks = [], []
         self._layer_rows, self._handles, self._removers = {}, [], []
         self._last_conv = None
-        self._by_path, self._by_add, self._by_split_point = {}, {}, {}
+        self._running_block = None     # the block whose forward is running, if any
+        self._running_shortcut = None  # the block whose shortcut module is running, if any
+        self._by_add, self._by_split_point = {}, {}
+        self._shortcut_ops = set()     # every Function that ran inside a shortcut module
 
     # --- setup -----------------------------------------------------------------------------------
     def __enter__(self):
@@ -110,14 +118,15 @@ class Recorder:
     def _watch_block(self, path, block):
         record = _BlockRecord(path, block)
         self.blocks.append(record)
-        self._by_path[path] = record
 
         def on_block_input(_module, inputs):
+            self._running_block, self._running_shortcut = record, None
             record.input = inputs[0]
             if inputs[0].requires_grad:
                 inputs[0].register_hook(lambda g: self._on_block_input_grad(record, g))
 
         def on_block_output(_module, _inputs, output):
+            self._running_block = None
             if self.keep_arrays:
                 record.arrays["output"] = output.data
             if output.requires_grad:
@@ -127,17 +136,23 @@ class Recorder:
         self._handles.append(block.register_forward_hook(on_block_output))
         if record.stats["shortcut"] != "none":
             def on_shortcut_input(_module, inputs):
+                self._running_shortcut = record
                 record.split_point = inputs[0]
                 record.stats["split_at"] = "input" if inputs[0] is record.input else "pre-activation"
                 self._by_split_point[id(inputs[0])] = record
+
+            def on_shortcut_output(*_):
+                self._running_shortcut = None
             self._handles.append(block.downsample.register_forward_pre_hook(on_shortcut_input))
+            self._handles.append(block.downsample.register_forward_hook(on_shortcut_output))
 
     # --- observers -------------------------------------------------------------------------------
-    def _on_forward(self, fn, inputs, _output):
-        record = self._by_path.get(autograd.current_scope())
-        if record is not None and isinstance(fn, ResidualAdd):
-            record.add = fn
-            self._by_add[id(fn)] = record
+    def _on_forward(self, fn, _inputs, _output):
+        if self._running_shortcut is not None:
+            self._shortcut_ops.add(fn)
+        elif self._running_block is not None and isinstance(fn, ResidualAdd):
+            self._running_block.add = fn
+            self._by_add[fn] = self._running_block
 
     def _on_block_input_grad(self, record, grad):
         record.stats["input_grad_norm"] = _norm(grad.data)
@@ -149,19 +164,18 @@ class Recorder:
         if self.keep_arrays:
             record.arrays["output_grad"] = grad.data
 
-    def _on_backward(self, fn, grad_output, grad_inputs):
-        record = self._by_add.get(id(fn))
+    def _on_backward(self, fn, inputs, grad_output, grad_inputs):
+        record = self._by_add.get(fn)
         if record is not None:
             record.arrays["add_grad"] = grad_output
-        for i, x in enumerate(fn._inputs):
+        for i, x in enumerate(inputs):
             record = self._by_split_point.get(id(x))
             if record is not None and x is record.split_point and grad_inputs[i] is not None:
                 self._classify(record, fn, i, grad_inputs[i])
 
     def _classify(self, record, fn, index, grad):
         """A gradient reaching the split point came through the shortcut or through the branch."""
-        on_shortcut = (fn is record.add and index == 0) or fn.layer().startswith(
-            record.path + ".downsample")
+        on_shortcut = (fn is record.add and index == 0) or fn in self._shortcut_ops
         record.parts["shortcut" if on_shortcut else "branch"].append(grad)
 
     # --- results ---------------------------------------------------------------------------------

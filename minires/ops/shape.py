@@ -3,6 +3,8 @@ the move between devices. Each backward puts the gradient back where the element
 import itertools
 import math
 
+import numpy as np
+
 from .. import backend
 from ..autograd import Function, Tensor
 
@@ -61,8 +63,11 @@ class GetItem(Function):
         self.index = index.data if isinstance(index, Tensor) else index
 
     def check(self, x):
+        """Index x's shape on the host: CuPy wraps out-of-range index arrays around silently."""
+        parts = self.index if isinstance(self.index, tuple) else (self.index,)
+        host_index = tuple(backend.to_numpy(p) if backend.is_array(p) else p for p in parts)
         try:
-            backend.xp(x).empty(x.shape, dtype=bool)[self.index]
+            np.broadcast_to(np.empty((), dtype=bool), x.shape)[host_index]
         except IndexError as error:
             raise IndexError(f"getitem: {error} (x: {tuple(x.shape)})") from None
 

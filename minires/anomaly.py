@@ -5,10 +5,15 @@
 
 raises FloatingPointError naming the op, the layer it ran in, and the shapes, instead of letting
 NaN spread silently to every parameter.
+
+The mode is per thread, as PyTorch's is: it checks the ops that run in the thread that opened it,
+so another thread's log(-1) neither raises here nor is stopped by it. It watches through
+autograd's public observers (see minires.autograd), like minires.inspect.
 """
 import contextlib
+import threading
 
-from .. import autograd, backend
+from . import autograd, backend
 
 
 def _bad(array):
@@ -22,14 +27,14 @@ def _describe(array):
             f"{int(xp.isinf(array).sum())} Inf")
 
 
-def _check_forward(fn, _inputs, output):
-    if _bad(output):
+def _check_forward(fn, output):
+    if _bad(output.data):
         raise FloatingPointError(
             f"detect_anomaly: forward of {fn.name} in layer '{autograd.current_scope()}' "
-            f"produced non-finite values ({_describe(output)})")
+            f"produced non-finite values ({_describe(output.data)})")
 
 
-def _check_backward(fn, _grad_output, grad_inputs):
+def _check_backward(fn, grad_inputs):
     for i, g in enumerate(grad_inputs):
         if g is not None and _bad(g):
             raise FloatingPointError(
@@ -39,9 +44,20 @@ def _check_backward(fn, _grad_output, grad_inputs):
 
 @contextlib.contextmanager
 def detect_anomaly():
-    """Check every op's forward output and backward gradients for NaN/Inf while the block runs."""
-    removers = [autograd.add_forward_observer(_check_forward),
-                autograd.add_backward_observer(_check_backward)]
+    """Check every op's forward output and backward gradients for NaN/Inf while the block runs,
+    in this thread."""
+    thread = threading.get_ident()
+
+    def on_forward(fn, _inputs, output):
+        if threading.get_ident() == thread:
+            _check_forward(fn, output)
+
+    def on_backward(fn, _inputs, _grad_output, grad_inputs):
+        if threading.get_ident() == thread:
+            _check_backward(fn, grad_inputs)
+
+    removers = [autograd.add_forward_observer(on_forward),
+                autograd.add_backward_observer(on_backward)]
     try:
         yield
     finally:

@@ -1,0 +1,52 @@
+"""benchmarks/gpu_check.py, the one command for a lent GPU machine, as a dry run on the CuPy
+stand-in: every step runs (at tiny sizes) and passes, so the script is ready when a GPU is."""
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+STEPS = ("env", "cuda tests", "suite", "main job", "train", "train_step")
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+
+
+@pytest.mark.slow
+@pytest.mark.cuda
+def test_gpu_check_dry_run_passes_every_step_and_writes_its_log(tmp_path):
+    log = tmp_path / "gpu_check.log"
+    result = subprocess.run([sys.executable, str(SCRIPT), "--standin", "--log", str(log)],
+                            cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    for step in STEPS:  # the summary table: step, pass, seconds, key numbers
+        assert re.search(rf"^{step}\s+pass\s+[\d.]+\s+\S", result.stdout, re.M), result.stdout
+    assert re.search(r"^main job .*first/last ratio plain-8 [\d.]+, residual-8 [\d.]+",
+                     result.stdout, re.M), result.stdout
+    assert re.search(r"^train_step .*minires [\d.]+ img/s", result.stdout, re.M), result.stdout
+    text = log.read_text()
+    assert [line[4:].split(" (")[0] for line in text.splitlines()
+            if line.startswith("=== ")] == list(STEPS)
+    assert text.count("exit status: 0") == len(STEPS)
+    files = tmp_path / "gpu_check_files"
+    assert (files / "gradients" / "layers.csv").is_file() and (files / "train_step.json").is_file()
+
+
+def test_a_step_that_hangs_is_stopped_at_its_time_limit():
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    start = time.monotonic()
+    status, _, _ = gpu_check.run_step([sys.executable, "-c", "import time; time.sleep(60)"], 1,
+                                      _env())
+    assert status == "timeout" and time.monotonic() - start < 20
+    table = gpu_check.summary_table([("env", "FAIL (timeout)", 1.0, "")])
+    assert re.search(r"^env\s+FAIL \(timeout\)\s+1\.0", table, re.M), table
