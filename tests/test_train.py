@@ -189,7 +189,8 @@ def test_metrics_files(learned):
     history, out = learned
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == list(COLUMNS) == ["epoch", "train_loss", "train_error", "test_error", "lr"]
+    assert rows[0] == list(COLUMNS) == ["epoch", "train_loss", "train_error", "test_error", "lr",
+                                        "note"]
     assert len(rows) == 1 + len(history)
     assert json.loads((out / "metrics.json").read_text()) == history
     png = (out / "learning_curve.png").read_bytes()
