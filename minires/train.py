@@ -322,10 +322,9 @@ class Trainer:
         previous = self.state_dict(), self._counters()
         try:
             self._restore(sections, counters)
-        except (ValueError, KeyError, TypeError) as err:
+        except CheckpointError:
             self._restore(*previous)
-            raise CheckpointError(f"{_section_of(err)}{err.args[0] if err.args else err}") \
-                from None
+            raise
         self.changes = changes
         self._note = "; ".join(filter(None, [counters["note"]] + [
             f"{key} {_show(old)} -> {_show(new)}" for key, old, new in changes]))
@@ -342,9 +341,9 @@ class Trainer:
             if target is not None:
                 try:
                     target.load_state_dict(sections[name])
-                except (ValueError, KeyError, TypeError) as err:
-                    err.section = name
-                    raise
+                except (ValueError, KeyError, TypeError) as err:  # the object's own checks
+                    message = err.args[0] if err.args else repr(err)
+                    raise CheckpointError(f"{name}: {message}") from None
         _set_numpy_rng_state(sections["rng"])
         self._epoch_start = sections["loader"]
         self.epoch, self.step, self.batch = counters["epoch"], counters["step"], counters["batch"]
@@ -361,7 +360,7 @@ class Trainer:
         refused = [d for d in differ if d[0] not in set(allow_changes) | set(RECORDED)]
         if refused:
             hint = ("; to change epochs pass allow_changes=('epochs',) (minires train: "
-                    "--allow-change epochs)" if any(d[0] in CHANGEABLE for d in refused) else
+                    "--allow-change epochs)" if all(d[0] in CHANGEABLE for d in refused) else
                     "; to train with other settings, start a new run in another folder")
             raise SettingsChanged("the checkpoint was written with other settings: " + "; ".join(
                 f"{key}: {_show(old)} in the checkpoint, {_show(new)} now"
@@ -379,8 +378,9 @@ class Trainer:
             raise CheckpointError(f"the checkpoint has {'a' if 'scheduler' in sections else 'no'} "
                                   f"schedule state, this trainer has "
                                   f"{'a' if self.scheduler else 'no'} scheduler")
-        for name in sorted(set(sections) - expected):
-            raise CheckpointError(f"the checkpoint has an unexpected section '{name}'")
+        unexpected = sorted(set(sections) - expected)
+        if unexpected:
+            raise CheckpointError(f"the checkpoint has an unexpected section '{unexpected[0]}'")
         for name in sorted(expected):
             _section(sections, name)
         self._check_model_section(sections)
@@ -412,9 +412,9 @@ class Trainer:
         extra = [key for key in saved if key not in expected]
         if missing or extra:
             raise CheckpointError(
-                f"model: the checkpoint's model is not this {type(self.model).__name__} "
-                f"({len(missing)} of its arrays missing{_first(missing)}, {len(extra)} extra"
-                f"{_first(extra)}): it was saved from another architecture")
+                f"model: the checkpoint's model is not this {type(self.model).__name__}: it lacks "
+                f"{len(missing)} of this model's arrays{_first(missing)} and has {len(extra)} "
+                f"others{_first(extra)}; it was saved from another architecture")
         for key, array in expected.items():
             read_array(sections, f"model/{key}", "f" if array.dtype.kind == "f" else "iu",
                        tuple(array.shape))
@@ -571,10 +571,6 @@ def _section(sections, name):
     return sections[name]
 
 
-def _section_of(err):
-    return f"{err.section}: " if hasattr(err, "section") else ""
-
-
 def _check_counts(epochs, checkpoint_every, steps_per_epoch, batches_per_epoch, loader_len):
     """Refuse counts that would make the loop do nonsense (a ValueError naming the argument)."""
     for name, value, low in (("epochs", epochs, 0), ("checkpoint_every", checkpoint_every, 1),
@@ -587,7 +583,7 @@ def _check_counts(epochs, checkpoint_every, steps_per_epoch, batches_per_epoch, 
 
 
 def _first(names):
-    return f", first '{names[0]}'" if names else ""
+    return f" (first '{names[0]}')" if names else ""
 
 
 def _show(value):

@@ -360,8 +360,8 @@ def tampered(sections, name, value):
     ("meta/seen", None, "the checkpoint has no field meta/seen"),
     ("optimizer", None, "the checkpoint has no section 'optimizer'"),
     ("config", None, "the checkpoint has no section 'config'"),
-    ("model/fc.bias", None, r"model: the checkpoint's model is not this CifarResNet \(1 of its "
-                            r"arrays missing, first 'fc.bias', 0 extra\)"),
+    ("model/fc.bias", None, r"model: the checkpoint's model is not this CifarResNet: it lacks 1 "
+                            r"of this model's arrays \(first 'fc.bias'\) and has 0 others;"),
     ("model/fc.weight", np.zeros((10, 3), np.float32), r"model/fc.weight must be an array of "
                                                        r"shape \(10, 64\)"),
     ("model/conv1.weight", np.full((16, 3, 3, 3), np.inf, np.float32),
