@@ -186,7 +186,7 @@ class Trainer:
             if key in self.config:
                 raise ValueError(f"Trainer: config[{key!r}] is a setting the Trainer reads off "
                                  f"its own objects ({self.config[key]!r}); leave it out")
-            self.config[key] = _setting(key, value)
+            self.config[key] = _setting(f"Trainer: config[{key!r}]", value, ValueError)
 
     def run(self, max_steps=None):
         """Train until done (or `max_steps` steps in all); returns the metrics history."""
@@ -545,12 +545,12 @@ def _optimizer_settings(groups):
     return settings
 
 
-def _setting(name, value):
+def _setting(name, value, error=CheckpointError):
     """A setting as plain Python (number, bool, string or list of numbers), as compared."""
     array = np.asarray(backend.to_numpy(value) if backend.is_array(value) else value)
     if array.ndim > 1 or array.dtype.kind not in "biufU":
-        raise CheckpointError(f"{name} must be a number, a string or a list of numbers, got "
-                              f"{array.dtype} of shape {array.shape}")
+        raise error(f"{name} must be a number, a string or a list of numbers, got "
+                    f"{array.dtype} of shape {array.shape}")
     return array.tolist()
 
 

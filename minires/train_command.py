@@ -91,6 +91,11 @@ def run(args):
             trainer.run()
     except (FloatingPointError, OSError) as err:  # diverged (or disk full): no traceback
         raise SystemExit(f"minires train: {err}") from None
+    except KeyboardInterrupt:
+        saved = trainer.last_checkpoint
+        raise SystemExit(f"minires train: interrupted at step {trainer.step}; " + (
+            f"go on from {saved[0]} (step {saved[1]}) with --resume" if saved else
+            "no checkpoint was written")) from None
     print(f"metrics, learning curve and checkpoint in {out_dir}")
     return 0
 

@@ -124,7 +124,7 @@ def test_allow_change_needs_resume(tmp_path):
 
 def test_divergence_stops_keeps_the_checkpoint_and_can_be_allowed(tmp_path):
     """lr 10000: the run stops with a message; the checkpoint stays the last finite one.
-    --allow-nonfinite trains on and writes non-finite checkpoints, which a guarded resume refuses."""
+    --allow-nonfinite trains on and writes non-finite checkpoints; a guarded resume refuses them."""
     diverge = ["--lr", "10000", "--n-test", "32", "--epochs", "3"]
     with pytest.warns(RuntimeWarning):  # NumPy's overflow warnings come before the stop
         message = refused(tmp_path, *diverge)

@@ -229,7 +229,8 @@ def test_paper_recipe_divides_the_learning_rate_by_ten_at_half_and_three_quarter
 
 def parameters_and_optimizer(trainer):
     state = {name: backend.to_numpy(p.data).copy() for name, p in trainer.model.named_parameters()}
-    state.update({f"optimizer/{k}": np.asarray(v) for k, v in trainer.optimizer.state_dict().items()})
+    optimizer = trainer.optimizer.state_dict()
+    state.update({f"optimizer/{k}": np.asarray(v) for k, v in optimizer.items()})
     return state
 
 
@@ -292,8 +293,10 @@ def test_changed_settings_are_refused_naming_each(tmp_path):
     with pytest.raises(minires.train.SettingsChanged) as err:
         other.load(tmp_path / "checkpoint.npz")
     message = str(err.value)
-    for expected in ("batch_size: 16 in the checkpoint, 8 now", "lr: 0.05 in the checkpoint, 0.1 now",
-                     "seed: 0 in the checkpoint, 1 now", "steps_per_epoch: 3 in the checkpoint, 6 now"):
+    for expected in ("batch_size: 16 in the checkpoint, 8 now",
+                     "lr: 0.05 in the checkpoint, 0.1 now",
+                     "seed: 0 in the checkpoint, 1 now",
+                     "steps_per_epoch: 3 in the checkpoint, 6 now"):
         assert expected in message
     assert "\n" not in message and other.step == 0  # refused before anything changed
 
@@ -371,7 +374,8 @@ def tampered(sections, name, value):
     ("rng/keys", np.zeros(3, np.uint32), r"rng/keys must be an array of shape \(624,\)"),
     ("rng/pos", np.int64(10 ** 6), "rng/pos is 1000000, expected 0..624"),
     ("scheduler/last_epoch", np.int64(7), "scheduler/last_epoch is 7, expected 1"),
-    ("scheduler/milestones", np.array([9]), r"scheduler/milestones is \[9\], this trainer's is \[1\]"),
+    ("scheduler/milestones", np.array([9]),
+     r"scheduler/milestones is \[9\], this trainer's is \[1\]"),
     ("optimizer/param_groups.0.momentum", np.float64(0.5),
      "optimizer/param_groups.0.momentum is 0.5, this trainer's is 0.9"),
     ("optimizer/state.0.momentum_buffer", np.zeros(2, np.float32),
