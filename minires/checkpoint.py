@@ -12,11 +12,18 @@ In the file every array is stored under ``"<section>/<key>"`` (``"model/conv1.we
 ``np.load(path)`` too. Only numbers and strings go in (strings as NumPy unicode arrays): no Python
 objects, so loading never unpickles anything, and a file from an untrusted source cannot run code.
 
-Writing goes to a temporary file in the same folder, is flushed to disk (fsync), and then renamed
-over the target with ``os.replace``: a crash or an error mid-write leaves the previous checkpoint
-whole.
+Writing goes to a temporary file in the same folder (``.<name>.<pid>.<hex>.tmp``), is flushed to
+disk (fsync), and then renamed over the target with ``os.replace``: a crash or an error mid-write
+leaves the previous checkpoint whole. `atomic_write` does the same for any file (the trainer's
+metrics use it), and `remove_stale_temp_files` deletes the temporary files that a killed process
+left behind.
+
+Reading a section's fields back goes through `read_int`, `read_float` and `read_array`, which
+check type, range and shape and raise a CheckpointError that names the field ("meta/epoch is -5,
+expected 0..3"), so that no value in a file reaches a loop or an index unchecked.
 """
 import os
+import re
 import secrets
 import zipfile
 from pathlib import Path
@@ -62,6 +69,8 @@ def load_checkpoint(path):
                               f"(no {FORMAT_KEY!r} = {FORMAT!r} entry)")
     sections = {}
     for name, value in arrays.items():
+        if "/" not in name:
+            raise CheckpointError(f"{path}: entry {name!r} is not of the form 'section/key'")
         section, key = name.split("/", 1)
         sections.setdefault(section, {})[key] = value[()] if value.ndim == 0 else value
     return sections
@@ -82,21 +91,62 @@ def _flatten(section, values):
 
 
 def _atomic_savez(path, arrays):
-    """np.savez into a new temporary file beside `path`, fsync it, then rename it over `path`.
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
-    The temporary file is opened like any new file ("x": it must not exist), so the checkpoint gets
-    the usual permissions (umask), not the owner-only ones of tempfile.mkstemp.
+
+def atomic_write(path, write):
+    """Call `write(f)` on a new temporary file beside `path`, fsync it, then rename it over `path`.
+
+    Readers see the old file or the new one, never half of one. The temporary file is opened like
+    any new file ("x": it must not exist), so the result gets the usual permissions (umask), not
+    the owner-only ones of tempfile.mkstemp. Returns `path`.
     """
+    path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with open(temp, "xb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    return path
+
+
+_TEMP_NAME = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary files of `atomic_write` in `folder` whose writer is gone; returns them.
+
+    A process killed mid-write leaves ``.<name>.<pid>.<hex>.tmp`` behind. A file is stale when its
+    process id is this process's (which is not writing at the time it calls this) or no running
+    process's; one whose process is still running may be another writer's and is left alone.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for temp in folder.iterdir():
+        match = _TEMP_NAME.fullmatch(temp.name)
+        if match and temp.is_file() and not _other_process_alive(int(match.group(1))):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def _other_process_alive(pid):
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: sends nothing, only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists but belongs to someone else (or cannot be asked): leave it
+    return True
 
 
 def _read_npz(path):
@@ -113,3 +163,63 @@ def _read_npz(path):
         reason = str(err).rstrip(".")
         raise CheckpointError(f"{path} is not a readable minires checkpoint: {reason}. Checkpoints "
                               "hold only arrays and are loaded with allow_pickle=False.") from err
+
+
+# --- reading fields back, checked -------------------------------------------------------------
+
+def field(sections, name):
+    """sections["section"]["key"] for name "section/key"; CheckpointError naming what is missing."""
+    section, key = name.split("/", 1)
+    if section not in sections:
+        raise CheckpointError(f"the checkpoint has no section '{section}' (it has "
+                              f"{', '.join(sorted(sections)) or 'none'})")
+    if key not in sections[section]:
+        raise CheckpointError(f"the checkpoint has no field {name}")
+    return sections[section][key]
+
+
+def read_int(sections, name, low, high):
+    """The integer field `name`, checked to lie in low..high (bools and floats are refused)."""
+    value = field(sections, name)
+    if np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "iu":
+        raise CheckpointError(f"{name} must be an integer, got {_describe(value)}")
+    value = int(value)
+    if not low <= value <= high:
+        raise CheckpointError(f"{name} is {value}, expected "
+                              f"{low if low == high else f'{low}..{high}'}")
+    return value
+
+
+def read_float(sections, name, low=-np.inf, high=np.inf, finite=True):
+    """The real-number field `name` (an integer is accepted too), checked against low..high."""
+    value = field(sections, name)
+    if np.ndim(value) != 0 or np.asarray(value).dtype.kind not in "iuf":
+        raise CheckpointError(f"{name} must be a number, got {_describe(value)}")
+    value = float(value)
+    if finite and not np.isfinite(value):
+        raise CheckpointError(f"{name} is {value}, expected a finite number")
+    if not low <= value <= high and not np.isnan(value):
+        raise CheckpointError(f"{name} is {value}, expected {low:g}..{high:g}")
+    return value
+
+
+def read_array(sections, name, kinds, shape):
+    """The array field `name`, checked to have a dtype kind in `kinds` ("f", "iu", "U") and
+    `shape` (None in a dimension: any length)."""
+    value = np.asarray(field(sections, name))
+    fits = value.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, value.shape))
+    if value.dtype.kind not in kinds or not fits:
+        wanted = "(" + ", ".join("any" if s is None else str(s) for s in shape) + \
+                 ("," if len(shape) == 1 else "") + ")"
+        raise CheckpointError(f"{name} must be an array of shape {wanted} and kind "
+                              f"{_KIND_NAMES.get(kinds, kinds)}, got {_describe(value)}")
+    return value
+
+
+_KIND_NAMES = {"f": "float", "iu": "integer", "U": "string", "iuf": "number", "b": "bool",
+               "u": "unsigned integer"}
+
+
+def _describe(value):
+    array = np.asarray(value)
+    return f"{array.dtype} of shape {array.shape}" if array.ndim else f"{array.dtype} {array!s}"

@@ -3,16 +3,16 @@
     minires train --data synthetic --epochs 2 --out runs/demo
     minires train --help
 
-Each subcommand lives in its own module, which defines two functions (named in its entry):
+Each subcommand lives in its own module, which defines the same two functions:
 
     add_arguments(parser)   add the subcommand's options to its argparse parser
     run(args) -> int        do the work, return the exit code; raise SystemExit("message") for a
                             user error (a bad option value, missing data), so no traceback shows
 
 Adding a subcommand is one line in SUBCOMMANDS below, for example
-    Command("report", "minires.report", "add_arguments", "run", "write a report"),
+    Command("report", "minires.report", "write a report"),
 Modules are imported lazily: `minires --help` imports none of them, `minires train ...` imports
-only minires.train.
+only minires.train_command (and what it uses).
 """
 import argparse
 import importlib
@@ -21,21 +21,19 @@ from typing import NamedTuple
 
 
 class Command(NamedTuple):
-    """A subcommand: its name, the module that implements it, that module's two functions (by
-    name), and the one-line help shown by `minires --help`."""
+    """A subcommand: its name, the module that implements it (with `add_arguments(parser)` and
+    `run(args)`), and the one-line help shown by `minires --help`."""
     name: str
     module: str
-    add_arguments: str
-    run: str
     help: str
 
 
 SUBCOMMANDS = (
-    Command("gradients", "minires.inspect.command", "add_arguments", "run",
+    Command("gradients", "minires.inspect.command",
             "plain vs residual gradient norms per layer and the +1 split, at initialisation"),
-    Command("train", "minires.train", "add_arguments", "run_command",
+    Command("train", "minires.train_command",
             "train a network on CIFAR-10 or synthetic data (the paper's recipe by default)"),
-    Command("assignment", "minires.assignments.cli", "add_arguments", "run",
+    Command("assignment", "minires.assignments.cli",
             "classroom assignments: list them, make a student workspace, grade one"),
 )
 
@@ -49,7 +47,7 @@ def main(argv=None):
     if chosen is None:  # `minires` alone: list the commands
         parser.print_help()
         return 2
-    return getattr(importlib.import_module(chosen.module), chosen.run)(args)
+    return importlib.import_module(chosen.module).run(args)
 
 
 def build_parser(chosen=None):
@@ -63,5 +61,5 @@ def build_parser(chosen=None):
     for command in SUBCOMMANDS:
         sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
         if command is chosen:
-            getattr(importlib.import_module(command.module), command.add_arguments)(sub)
+            importlib.import_module(command.module).add_arguments(sub)
     return parser

@@ -110,6 +110,18 @@ def test_parse_rejects_partial_record():
         cifar10.parse_records(bytes(3073 + 10))
 
 
+def test_labels_out_of_range_are_refused(tmp_path, small_files):
+    """A record with label byte 200 used to load silently; now the error names file and record."""
+    with pytest.raises(ValueError, match=r"record 1 has label 200, but CIFAR-10 labels are 0..9"):
+        cifar10.parse_records(fake_records([3, 200, 10], seed=0)[0])
+    raw, images, labels = small_files[cifar10.TEST_FILE]
+    small_files[cifar10.TEST_FILE] = (b"\xc8" + raw[1:], images, labels)  # record 0: label 200
+    write_folder(tmp_path, small_files)
+    with pytest.raises(ValueError, match=r"test_batch\.bin: record 0 has label 200.*delete the "
+                                         r"folder"):
+        load_cifar10(tmp_path, download=False)
+
+
 def test_bin_file_size_checked(tmp_path):
     path = tmp_path / "data_batch_1.bin"
     path.write_bytes(bytes(3073 * 9999))
@@ -193,6 +205,20 @@ def test_safe_extract_rejects_bad_members(tmp_path, member, message):
         safe_extract(archive, dest)
     assert not any(dest.iterdir()), "nothing may be written when any member is unsafe"
     assert not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("name", [".", "./", ""])
+def test_a_file_named_as_the_target_folder_writes_nothing_outside(tmp_path, small_files, name):
+    """A tar member '.' (a file) used to write <root>.part beside the data root when the checksum
+    check was off; now it is refused before anything is written, inside or outside the root."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with tarfile.open(root / cifar10.ARCHIVE_NAME, "w:gz") as tar:
+        tar.addfile(file_member(name), io.BytesIO(b"evil"))
+    with pytest.raises(UnsafeArchiveError, match="named as the target folder itself"):
+        load_cifar10(root, md5=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]
+    assert [p.name for p in root.iterdir()] == [cifar10.ARCHIVE_NAME]
 
 
 def test_safe_extract_writes_regular_files(tmp_path):

@@ -1,17 +1,20 @@
 """Tests for minires.train and minires.checkpoint: exact resume, atomic and pickle-free checkpoints,
-a training run that learns, and the metrics files it writes.
+a training run that learns, and the metrics files it writes; the divergence guard, run settings
+that a resume must share, every checkpoint field checked on load, and clean files.
 
 Everything runs on the CPU with small networks (cifar_resnet(8)) on small synthetic images, so the
 whole file takes seconds.
 """
 import csv
+import itertools
 import json
+import os
 
 import numpy as np
 import pytest
 
 import minires
-from minires import checkpoint
+from minires import backend, checkpoint
 from minires.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minires.data import DataLoader, synthetic_cifar
 from minires.models import cifar_resnet
@@ -189,7 +192,8 @@ def test_metrics_files(learned):
     history, out = learned
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == list(COLUMNS) == ["epoch", "train_loss", "train_error", "test_error", "lr"]
+    assert rows[0] == list(COLUMNS) == ["epoch", "train_loss", "train_error", "test_error", "lr",
+                                        "note"]
     assert len(rows) == 1 + len(history)
     assert json.loads((out / "metrics.json").read_text()) == history
     png = (out / "learning_curve.png").read_bytes()
@@ -219,3 +223,263 @@ def test_paper_recipe_divides_the_learning_rate_by_ten_at_half_and_three_quarter
         lrs.append(group["lr"])
         scheduler.step()
     np.testing.assert_allclose(lrs, [0.1] * 4 + [0.01] * 2 + [0.001] * 2)
+
+
+# ---------------------------------------------------------------- the divergence guard
+
+def parameters_and_optimizer(trainer):
+    state = {name: backend.to_numpy(p.data).copy() for name, p in trainer.model.named_parameters()}
+    optimizer = trainer.optimizer.state_dict()
+    state.update({f"optimizer/{k}": np.asarray(v) for k, v in optimizer.items()})
+    return state
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NumPy's overflow warnings
+def test_a_nonfinite_loss_stops_before_the_update(tmp_path, device):
+    """A NaN loss stops the step before the update, naming the epoch, the step and the first
+    parameter whose gradient went bad; the parameters and the checkpoint on disk stay finite."""
+    trainer = make_trainer(seed=0, out_dir=tmp_path, device=device)
+    trainer.run(max_steps=3)                            # epoch 1 done: checkpoint at step 3
+    trainer.model.conv1.weight.data *= 1e38             # the next forward overflows to NaN
+    before = parameters_and_optimizer(trainer)
+    with pytest.raises(minires.train.DivergenceError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert message.startswith("training diverged in epoch 2, step 4 (batch 1 of 3): the loss is")
+    assert "the gradient of 'conv1.weight' is the first non-finite one" in message
+    assert "(step 3), is kept" in message and "minires.detect_anomaly()" in message
+    assert_same(parameters_and_optimizer(trainer), before)  # the failed step did not update
+    saved = load_checkpoint(tmp_path / "checkpoint.npz")
+    assert saved["meta"]["step"] == 3 and np.isfinite(saved["model"]["conv1.weight"]).all()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_an_update_that_overflows_stops_and_is_never_saved(tmp_path):
+    trainer = make_trainer(seed=0, out_dir=tmp_path)
+    trainer.run(max_steps=3)
+    written = (tmp_path / "checkpoint.npz").read_bytes()
+    trainer.optimizer.param_groups[0]["lr"] = np.inf
+    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 .*the update made "
+                       r"'conv1.weight' non-finite \(lr inf\)"):
+        trainer.run()
+    with pytest.raises(minires.train.DivergenceError, match="not writing .* holds NaN or Inf"):
+        trainer.save()
+    assert (tmp_path / "checkpoint.npz").read_bytes() == written
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_allow_nonfinite_trains_on_and_saves(tmp_path):
+    """The opt-out, for studying divergence: no stop, non-finite checkpoints written and read."""
+    trainer = make_trainer(seed=0, out_dir=tmp_path, allow_nonfinite=True)
+    trainer.model.conv1.weight.data *= 1e38
+    history = trainer.run(max_steps=4)
+    assert np.isnan(history[0]["train_loss"]) and trainer.step == 4
+    with pytest.raises(CheckpointError, match="holds NaN or Inf.*allow_nonfinite=True"):
+        make_trainer(seed=0).load(tmp_path / "checkpoint.npz")
+    make_trainer(seed=0, allow_nonfinite=True).load(tmp_path / "checkpoint.npz")
+
+
+# ---------------------------------------------------------------- settings live in the checkpoint
+
+def test_changed_settings_are_refused_naming_each(tmp_path):
+    make_trainer(seed=0, out_dir=tmp_path, config={"seed": 0}).run(max_steps=4)
+    minires.manual_seed(0)
+    model = cifar_resnet(8)
+    optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    other = Trainer(model, optimizer,
+                    DataLoader(DATA.x_train, DATA.y_train, 8, augment=True, seed=0),
+                    DataLoader(DATA.x_test, DATA.y_test, 16, shuffle=False), 2,
+                    MultiStepLR(optimizer, milestones=(1,)), progress=False, config={"seed": 1})
+    with pytest.raises(minires.train.SettingsChanged) as err:
+        other.load(tmp_path / "checkpoint.npz")
+    message = str(err.value)
+    for expected in ("batch_size: 16 in the checkpoint, 8 now",
+                     "lr: 0.05 in the checkpoint, 0.1 now",
+                     "seed: 0 in the checkpoint, 1 now",
+                     "steps_per_epoch: 3 in the checkpoint, 6 now"):
+        assert expected in message
+    assert "\n" not in message and other.step == 0  # refused before anything changed
+
+
+def test_a_different_steps_per_epoch_is_refused(tmp_path):
+    """Resumed with other steps per epoch the old trainer spun at 'epoch 0, batch 6' forever."""
+    make_trainer(seed=0, out_dir=tmp_path, steps_per_epoch=3).run(max_steps=2)
+    with pytest.raises(minires.train.SettingsChanged,
+                       match="steps_per_epoch: 3 in the checkpoint, 2 now"):
+        make_trainer(seed=0, steps_per_epoch=2).load(tmp_path / "checkpoint.npz")
+
+
+def test_more_epochs_with_allow_changes_are_noted(tmp_path):
+    """epochs may change when asked; the schedule stays the checkpoint's; the next row notes it."""
+    make_trainer(seed=0, out_dir=tmp_path, epochs=1).run()
+    with pytest.raises(minires.train.SettingsChanged, match="epochs: 1 in the checkpoint, 3 now; "
+                       "to change epochs pass allow_changes"):
+        make_trainer(seed=0, epochs=3).load(tmp_path / "checkpoint.npz")
+    more = make_trainer(seed=0, out_dir=tmp_path, epochs=3)
+    more.load(allow_changes=("epochs",))
+    assert more.changes == [("epochs", 1, 3)]
+    history = more.run()
+    assert [row["note"] for row in history] == ["", "epochs 1 -> 3", ""]
+    assert make_trainer(seed=0, epochs=3).load(tmp_path / "checkpoint.npz") is None  # the run's now
+    with pytest.raises(minires.train.SettingsChanged, match="completed 3 epochs, more than the 2"):
+        make_trainer(seed=0, epochs=2).load(tmp_path / "checkpoint.npz", allow_changes=("epochs",))
+    with pytest.raises(ValueError, match="only epochs may change on resume, not lr"):
+        make_trainer(seed=0, epochs=3).load(tmp_path / "checkpoint.npz", allow_changes=("lr",))
+
+
+# ---------------------------------------------------------------- every field is checked on load
+
+@pytest.fixture(scope="module")
+def saved_sections(tmp_path_factory):
+    """The sections of a checkpoint taken mid-epoch (epoch 1 done, batch 1 of epoch 2)."""
+    path = tmp_path_factory.mktemp("saved") / "ck.npz"
+    make_trainer(seed=0).run(max_steps=4)
+    trainer = make_trainer(seed=0)
+    trainer.run(max_steps=4)
+    trainer.save(path)
+    return load_checkpoint(path)
+
+
+def tampered(sections, name, value):
+    """A deep copy of `sections` with field "section/key" set to `value` (or deleted: None)."""
+    copy = {section: dict(values) for section, values in sections.items()}
+    section, _, key = name.partition("/")
+    if not key:
+        del copy[section]
+    elif value is None:
+        del copy[section][key]
+    else:
+        copy.setdefault(section, {})[key] = value
+    return copy
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("meta/batch", np.int64(10 ** 6), "meta/batch is 1000000, expected 0..2"),
+    ("meta/epoch", np.int64(-5), "meta/epoch is -5, expected 0..2"),
+    ("meta/step", np.int64(3), "meta/step is 3, expected 4"),
+    ("meta/epoch", np.float64(1.0), "meta/epoch must be an integer, got float64 1.0"),
+    ("meta/wrong", np.int64(10 ** 9), "meta/wrong is 1000000000, expected 0..16"),
+    ("meta/loss_sum", np.float64(np.nan), "meta/loss_sum holds NaN or Inf"),
+    ("meta/seen", None, "the checkpoint has no field meta/seen"),
+    ("optimizer", None, "the checkpoint has no section 'optimizer'"),
+    ("config", None, "the checkpoint has no section 'config'"),
+    ("model/fc.bias", None, r"model: the checkpoint's model is not this CifarResNet: it lacks 1 "
+                            r"of this model's arrays \(first 'fc.bias'\) and has 0 others;"),
+    ("model/fc.weight", np.zeros((10, 3), np.float32), r"model/fc.weight must be an array of "
+                                                       r"shape \(10, 64\)"),
+    ("model/conv1.weight", np.full((16, 3, 3, 3), np.inf, np.float32),
+     "model/conv1.weight holds NaN or Inf"),
+    ("metrics/epoch", np.array([7]), r"metrics/epoch is \[7\], expected 1..1"),
+    ("metrics/lr", np.array([0.05, 0.05]), r"metrics/lr must be an array of shape \(1,\)"),
+    ("rng/keys", np.zeros(3, np.uint32), r"rng/keys must be an array of shape \(624,\)"),
+    ("rng/pos", np.int64(10 ** 6), "rng/pos is 1000000, expected 0..624"),
+    ("scheduler/last_epoch", np.int64(7), "scheduler/last_epoch is 7, expected 1"),
+    ("scheduler/milestones", np.array([9]),
+     r"scheduler/milestones is \[9\], this trainer's is \[1\]"),
+    ("optimizer/param_groups.0.momentum", np.float64(0.5),
+     "optimizer/param_groups.0.momentum is 0.5, this trainer's is 0.9"),
+    ("optimizer/state.0.momentum_buffer", np.zeros(2, np.float32),
+     r"optimizer: SGD.load_state_dict: state.0.momentum_buffer has shape \(2,\)"),
+    ("loader/rng_has_uint32", np.int64(5), "loader: DataLoader.load_state_dict: rng_has_uint32 "
+                                           "must be 0 or 1, got 5"),
+    ("extra/x", np.int64(1), "unexpected section 'extra'"),
+])
+def test_every_field_is_checked_and_a_bad_one_changes_nothing(saved_sections, name, value,
+                                                                 message):
+    """A bad field is a one-line CheckpointError naming it, and the trainer stays as it was (even
+    when the error comes after the model and optimizer were loaded: the loader's state)."""
+    trainer = make_trainer(seed=3)
+    before = snapshot(trainer)
+    with pytest.raises(CheckpointError, match=message) as err:
+        trainer.load_state_dict(tampered(saved_sections, name, value))
+    assert "\n" not in str(err.value)
+    assert_same(snapshot(trainer), before)
+    trainer.load_state_dict(saved_sections)  # the untouched sections load
+    assert (trainer.epoch, trainer.batch, trainer.step) == (1, 1, 4)
+
+
+def test_a_checkpoint_of_another_model_is_refused(tmp_path):
+    """ResNet-14's checkpoint into ResNet-8: one line naming the differing settings, no KeyError."""
+    make_trainer(seed=0, out_dir=tmp_path).save()
+    minires.manual_seed(0)
+    model = cifar_resnet(14)
+    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    deeper = Trainer(model, optimizer, DataLoader(DATA.x_train, DATA.y_train, 16, augment=True),
+                     DataLoader(DATA.x_test, DATA.y_test, 16, shuffle=False), 2,
+                     MultiStepLR(optimizer, milestones=(1,)), progress=False)
+    with pytest.raises(minires.train.SettingsChanged, match=r"ck.*parameters: \d+ in the "
+                       r"checkpoint, \d+ now"):
+        deeper.load(tmp_path / "checkpoint.npz")
+
+
+def test_a_loader_that_stops_short_is_an_error_not_a_loop():
+    class ShortLoader(DataLoader):
+        def __iter__(self):  # says 3 batches per epoch, yields 2
+            return itertools.islice(super().__iter__(), 2)
+
+    trainer = make_trainer(seed=0)
+    trainer.train_loader = ShortLoader(DATA.x_train, DATA.y_train, 16, seed=0)
+    with pytest.raises(RuntimeError, match="stopped after 2 batches of epoch 1, 3 were expected"):
+        trainer.run()
+
+
+# ---------------------------------------------------------------- clean files
+
+def test_stale_temp_files_are_removed_at_start(tmp_path):
+    """A kill during a write leaves .checkpoint.npz.<pid>.<hex>.tmp; the next run removes it,
+    but not a file that a still-running process may be writing, nor anything else."""
+    dead = tmp_path / ".checkpoint.npz.999999999.0badc0de.tmp"       # no such process
+    mine = tmp_path / f".metrics.csv.{os.getpid()}.12345678.tmp"     # this process, not writing
+    live = tmp_path / f".checkpoint.npz.{os.getppid()}.abcdef01.tmp"  # a running process's
+    other = tmp_path / ".notes.tmp"
+    for path in (dead, mine, live, other):
+        path.write_bytes(b"half")
+    make_trainer(seed=0, out_dir=tmp_path).run(max_steps=1)
+    assert not dead.exists() and not mine.exists()
+    assert live.exists() and other.exists()
+
+
+def test_metrics_are_written_atomically(tmp_path, monkeypatch):
+    """A failure while writing the metrics (disk full at fsync) leaves the previous files whole."""
+    row = {"epoch": 1, "train_loss": 2.0, "train_error": 50.0, "test_error": 60.0, "lr": 0.1,
+           "note": ""}
+    minires.train.write_metrics([row], tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def disk_full(fd):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        minires.train.write_metrics([row, dict(row, epoch=2)], tmp_path)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_resume_true_on_an_empty_folder_starts_fresh(tmp_path):
+    trainer = make_trainer(seed=0)
+    history = train(trainer.model, trainer.optimizer, trainer.train_loader, trainer.test_loader,
+                    epochs=1, scheduler=trainer.scheduler, out_dir=tmp_path, resume=True,
+                    progress=False)
+    assert len(history) == 1 and load_checkpoint(tmp_path / "checkpoint.npz")["meta"]["step"] == 3
+
+
+# ---------------------------------------------------------------- devices
+
+def test_resume_on_another_device_goes_on(tmp_path, device):
+    """A CPU checkpoint resumed on `device`: on the CPU bit-identical to the run without a break;
+    on another device the same run, up to float32 rounding (the change is noted in the metrics)."""
+    straight = make_trainer(seed=0)
+    straight.run(max_steps=4)
+    first = make_trainer(seed=0)
+    first.run(max_steps=2)
+    first.save(tmp_path / "ck.npz")
+    resumed = make_trainer(seed=0, device=device)
+    resumed.load(tmp_path / "ck.npz")
+    assert resumed.changes == ([] if device == "cpu" else [("device", "cpu", device)])
+    resumed.run(max_steps=4)
+    if device == "cpu":
+        assert_same(snapshot(resumed), snapshot(straight))
+    for key, value in straight.model.state_dict().items():
+        np.testing.assert_allclose(resumed.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+    assert resumed.history[0]["note"] == ("" if device == "cpu" else f"device 'cpu' -> '{device}'")

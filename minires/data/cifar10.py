@@ -132,6 +132,9 @@ def _member_target(member, dest):
     target = (dest / name).resolve()
     if not target.is_relative_to(dest):
         raise UnsafeArchiveError(f"archive member {name!r} would be written outside {dest}")
+    if member.isfile() and target == dest:
+        raise UnsafeArchiveError(f"archive member {name!r} is a file named as the target folder "
+                                 "itself")
     return target
 
 
@@ -139,8 +142,10 @@ def safe_extract(archive, dest):
     """Extract the regular files of a tar archive into `dest`, refusing anything unsafe.
 
     Every member is checked before a single byte is written: no absolute paths, no '..', no
-    symbolic or hard links, no devices, nothing whose resolved path leaves `dest`. Each file is
-    written to ``name.part`` and renamed, so an interrupted extraction leaves no truncated file.
+    symbolic or hard links, no devices, nothing whose resolved path leaves `dest`, no file that
+    would replace `dest` itself (a member named '.'): nothing is ever written outside `dest`.
+    Each file is written to ``name.part`` beside it and renamed, so an interrupted extraction
+    leaves no truncated file.
     Returns the list of extracted file paths.
     """
     dest = Path(dest).resolve()
@@ -164,11 +169,18 @@ def safe_extract(archive, dest):
 # ---------------------------------------------------------------- parsing
 
 def parse_records(raw):
-    """Parse CIFAR-10 binary records: bytes -> (images uint8 (N, 3, 32, 32), labels int64 (N,))."""
+    """Parse CIFAR-10 binary records: bytes -> (images uint8 (N, 3, 32, 32), labels int64 (N,)).
+
+    A label byte outside 0..9 is a ValueError naming the first such record.
+    """
     if len(raw) % RECORD_BYTES:
         raise ValueError(f"{len(raw)} bytes is not a whole number of {RECORD_BYTES}-byte records")
     records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, RECORD_BYTES)  # (N, 3073)
     labels = records[:, 0].astype(np.int64)                                # (N,)
+    bad = np.flatnonzero(labels >= len(CLASSES))
+    if bad.size:
+        raise ValueError(f"record {bad[0]} has label {labels[bad[0]]}, but CIFAR-10 labels are "
+                         f"0..{len(CLASSES) - 1} ({bad.size} record(s) out of range)")
     images = records[:, 1:].reshape(-1, *IMAGE_SHAPE).copy()              # (N, 3, 32, 32)
     return images, labels
 
@@ -182,7 +194,11 @@ def read_batch_file(path):
         raise ValueError(f"{path}: {size} bytes, expected {expected} ({RECORDS_PER_FILE} records "
                          f"of {RECORD_BYTES} bytes). The file is truncated or not CIFAR-10 binary; "
                          f"delete the folder {path.parent} and load again.")
-    return parse_records(path.read_bytes())
+    try:
+        return parse_records(path.read_bytes())
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}. The file is corrupt or not CIFAR-10 binary; delete the "
+                         f"folder {path.parent} and load again.") from None
 
 
 def read_folder(folder):

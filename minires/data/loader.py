@@ -73,12 +73,38 @@ class DataLoader:
                 "rng_uinteger": np.array(state["uinteger"], dtype=np.uint64)}
 
     def load_state_dict(self, state):
-        """Restore a state from ``state_dict()`` (also as read back from an .npz file)."""
+        """Restore a state from ``state_dict()`` (also as read back from an .npz file).
+
+        Every entry is checked first (names, dtypes, shapes, ranges): a ValueError names the bad
+        one, and the loader is left unchanged.
+        """
+        _check_state(state)
         self.rng.bit_generator.state = {
             "bit_generator": "PCG64",
             "state": {"state": _join128(state["rng_state"]), "inc": _join128(state["rng_inc"])},
             "has_uint32": int(state["rng_has_uint32"]),
             "uinteger": int(state["rng_uinteger"])}
+
+
+_STATE_SHAPES = {"rng_state": (2,), "rng_inc": (2,), "rng_has_uint32": (), "rng_uinteger": ()}
+
+
+def _check_state(state):
+    """Raise a ValueError naming the first entry of a loader state that is not as saved."""
+    if set(state) != set(_STATE_SHAPES):
+        raise ValueError(f"DataLoader.load_state_dict: expected the entries "
+                         f"{sorted(_STATE_SHAPES)}, got {sorted(state)}")
+    for name, shape in _STATE_SHAPES.items():
+        value = np.asarray(state[name])
+        if value.dtype.kind not in "iu" or value.shape != shape or (value < 0).any():
+            raise ValueError(f"DataLoader.load_state_dict: {name} must be non-negative integers "
+                             f"of shape {shape}, got {value.dtype} of shape {value.shape}")
+    if int(state["rng_has_uint32"]) not in (0, 1):
+        raise ValueError(f"DataLoader.load_state_dict: rng_has_uint32 must be 0 or 1, got "
+                         f"{int(state['rng_has_uint32'])}")
+    if int(state["rng_uinteger"]) >= 2 ** 32:
+        raise ValueError(f"DataLoader.load_state_dict: rng_uinteger must be below 2**32, got "
+                         f"{int(state['rng_uinteger'])}")
 
 
 def _split128(value):
