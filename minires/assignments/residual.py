@@ -9,9 +9,8 @@ on the student's own ops.
 import numpy as np
 
 from ..nn import BasicBlock
-from ..ops import activation, residual
-from .checks import Failure, expect_close, expect_gradcheck, expect_gradients, leaf
-from .registry import Assignment, Part, Target
+from .checks import leaf, named_gradients
+from .registry import Assignment, Case, Part, Target
 from .student import student_ops
 
 SHAPES = ((2, 3, 4, 4), (5, 6))
@@ -31,53 +30,48 @@ def _away_from_zero(rng, shape):
     return x + 0.1 * np.sign(x)
 
 
-def check_relu_forward(student, rng):
-    for shape in SHAPES:
-        yield f"x of shape {shape} with exact zeros"
-        x = _with_zeros(rng, shape)
-        expected = activation.ReLU().apply(x)
-        expect_close("y", student.activation.ReLU().apply(x), expected)
+def relu_forward_cases(rng):
+    def case(shape):
+        return Case(f"x of shape {shape} with exact zeros", {"x": _with_zeros(rng, shape)},
+                    lambda impl, a: {"y": impl.activation.ReLU().apply(a["x"])})
+    return [case(shape) for shape in SHAPES]
 
 
-def check_relu_backward(student, rng):
+def _relu_backward(impl, a):
+    op = impl.activation.ReLU()
+    op.apply(leaf(a["x"]))
+    return named_gradients(("x",), op.backward(a["gy"]))
+
+
+def relu_backward_cases(rng):
+    cases = []
     for shape in SHAPES:
         for label, x in ((f"x of shape {shape} away from 0", _away_from_zero(rng, shape)),
                          (f"x of shape {shape} with exact zeros (relu'(0) = 0)",
                           _with_zeros(rng, shape))):
-            yield f"{label}, random upstream gradient"
-            gy = rng.standard_normal(shape)
-            expected_op = activation.ReLU()
-            expected_op.apply(leaf(x))
-            expected = expected_op.backward(gy.copy())
-            op = student.activation.ReLU()
-            op.apply(leaf(x))
-            expect_gradients(("x",), op.backward(gy.copy()), expected)
-            if not (x == 0).any():
-                expect_gradcheck(lambda t: student.activation.ReLU().apply(t), leaf(x),
-                                 seed=int(rng.integers(2**31)))
+            cases.append(Case(f"{label}, random upstream gradient",
+                              {"x": x, "gy": rng.standard_normal(shape)}, _relu_backward))
+    return cases
 
 
-def check_residual_add_forward(student, rng):
-    for shape in SHAPES:
-        yield f"shortcut and branch of shape {shape}"
-        inputs = rng.standard_normal(shape), rng.standard_normal(shape)
-        expected = residual.ResidualAdd().apply(*inputs)
-        expect_close("y", student.residual.ResidualAdd().apply(*inputs), expected)
+def residual_add_forward_cases(rng):
+    def case(shape):
+        inputs = {"shortcut": rng.standard_normal(shape), "branch": rng.standard_normal(shape)}
+        return Case(f"shortcut and branch of shape {shape}", inputs, lambda impl, a: {
+            "y": impl.residual.ResidualAdd().apply(a["shortcut"], a["branch"])})
+    return [case(shape) for shape in SHAPES]
 
 
-def check_residual_add_backward(student, rng):
-    for shape in SHAPES:
-        yield f"shortcut and branch of shape {shape}, random upstream gradient"
-        inputs = rng.standard_normal(shape), rng.standard_normal(shape)
-        gy = rng.standard_normal(shape)
-        expected_op = residual.ResidualAdd()
-        expected_op.apply(*map(leaf, inputs))
-        expected = expected_op.backward(gy.copy())
-        op = student.residual.ResidualAdd()
-        op.apply(*map(leaf, inputs))
-        expect_gradients(("shortcut", "branch"), op.backward(gy.copy()), expected)
-        expect_gradcheck(lambda a, b: student.residual.ResidualAdd().apply(a, b),
-                         *map(leaf, inputs), seed=int(rng.integers(2**31)))
+def _residual_add_backward(impl, a):
+    op = impl.residual.ResidualAdd()
+    op.apply(leaf(a["shortcut"]), leaf(a["branch"]))
+    return named_gradients(("shortcut", "branch"), op.backward(a["gy"]))
+
+
+def residual_add_backward_cases(rng):
+    return [Case(f"shortcut and branch of shape {shape}, random upstream gradient",
+                 {name: rng.standard_normal(shape) for name in ("shortcut", "branch", "gy")},
+                 _residual_add_backward) for shape in SHAPES]
 
 
 BLOCK_INPUT = (2, 4, 6, 6)
@@ -106,21 +100,19 @@ def _block_results(block, x, gy):
     return {"y": y, "dx": x.grad, **{f"d{name}": p.grad for name, p in block.named_parameters()}}
 
 
-def check_basic_block_backward(student, rng):
-    mine = dict(relu=student.activation.relu, residual_add=student.residual.residual_add)
-    for label, config in BLOCKS:
-        yield f"{label}, training mode, random upstream gradient"
-        block = _float64_block(config, int(rng.integers(2**31)))
+def basic_block_backward_cases(rng):
+    def case(label, config, seed):
         size = BLOCK_INPUT[2] // config.get("stride", 1)
-        x = rng.standard_normal(BLOCK_INPUT)
-        gy = rng.standard_normal((BLOCK_INPUT[0], config["channels"], size, size))
-        expected = _block_results(block, x, gy)
-        with student_ops(**mine):
-            got = _block_results(block, x, gy)
-        for name, value in expected.items():
-            if got[name] is None:
-                raise Failure(f"{name}: no gradient got there through your ops")
-            expect_close(name, got[name], value, **BIT_CLOSE)
+        inputs = {"x": rng.standard_normal(BLOCK_INPUT),
+                  "gy": rng.standard_normal((BLOCK_INPUT[0], config["channels"], size, size))}
+
+        def run(impl, a):
+            block = _float64_block(config, seed)
+            with student_ops(relu=impl.activation.relu, residual_add=impl.residual.residual_add):
+                results = _block_results(block, a["x"], a["gy"])
+            return {name: value for name, value in results.items() if value is not None}
+        return Case(f"{label}, training mode, random upstream gradient", inputs, run, BIT_CLOSE)
+    return [case(label, config, int(rng.integers(2**31))) for label, config in BLOCKS]
 
 
 RELU_FORWARD_DOC = """
@@ -194,17 +186,17 @@ ASSIGNMENT = Assignment(
     ),
     parts=(
         Part("relu_forward", 1, "ReLU.forward against the reference, with exact zeros",
-             check_relu_forward, ("ReLU.forward",)),
+             relu_forward_cases, ("ReLU.forward",)),
         Part("relu_backward", 2, "ReLU.backward against the reference (relu'(0) = 0) and "
-             "numerical gradients", check_relu_backward, ("ReLU.forward", "ReLU.backward")),
+             "numerical gradients", relu_backward_cases, ("ReLU.forward", "ReLU.backward")),
         Part("residual_add_forward", 1, "ResidualAdd.forward against the reference",
-             check_residual_add_forward, ("ResidualAdd.forward",)),
+             residual_add_forward_cases, ("ResidualAdd.forward",)),
         Part("residual_add_backward", 2, "ResidualAdd.backward against the reference and "
-             "numerical gradients", check_residual_add_backward,
+             "numerical gradients", residual_add_backward_cases,
              ("ResidualAdd.forward", "ResidualAdd.backward")),
         Part("basic_block_backward", 4, "a BasicBlock built on your ReLU and residual add: "
              "output and every gradient bit-close to the reference block's",
-             check_basic_block_backward, ("ReLU.forward", "ReLU.backward", "ResidualAdd.forward",
+             basic_block_backward_cases, ("ReLU.forward", "ReLU.backward", "ResidualAdd.forward",
                                           "ResidualAdd.backward")),
     ),
     notes="When every part passes, run `python compare_gradients.py` in this folder: it builds "

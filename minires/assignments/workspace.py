@@ -1,7 +1,7 @@
-"""`minires assignment make`: a student workspace cut from minires' own op files.
+"""`minires assignment make`: a student workspace cut from minires' own files.
 
-Each op file the assignment names is copied from minires/ops with its relative imports made
-absolute (`from ..autograd import Function` -> `from minires.autograd import Function`), so the
+Each file the assignment names is copied from minires (minires/ops/<file>, or minires/autograd.py
+for the engine) with its relative imports made absolute (`from ..autograd import Function` -> `from minires.autograd import Function`), so the
 student's classes subclass minires.autograd.Function and plug into the real engine. In the copy,
 every target's docstring is replaced by the assignment's (shapes and math), and every target
 function's solution body, the lines from `# BEGIN SOLUTION` to `# END SOLUTION`, becomes
@@ -17,14 +17,24 @@ from pathlib import Path
 
 from .registry import get
 
-OPS_DIR = Path(__file__).resolve().parents[1] / "ops"
-OPS_PACKAGE = "minires.ops"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+TOP_LEVEL = ("autograd.py",)  # files of minires itself; every other file is in minires/ops
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 MANIFEST = "assignment.json"
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*)(\s+import\b)", re.MULTILINE)
 
 
-def rewrite_imports(source, package=OPS_PACKAGE):
+def reference_module_name(filename):
+    """The minires module a workspace file is cut from: conv.py -> minires.ops.conv."""
+    stem = Path(filename).stem
+    return f"minires.{stem}" if filename in TOP_LEVEL else f"minires.ops.{stem}"
+
+
+def reference_path(filename):
+    return PACKAGE_DIR / filename if filename in TOP_LEVEL else PACKAGE_DIR / "ops" / filename
+
+
+def rewrite_imports(source, package):
     """Relative imports of a module in `package` made absolute."""
     return _RELATIVE_IMPORT.sub(
         lambda m: m[1] + importlib.util.resolve_name(m[2], package) + m[3], source)
@@ -105,8 +115,9 @@ def stub_source(source, targets, filename):
 
 
 def workspace_source(filename, targets, with_solutions=False):
-    """The student's copy of minires/ops/<filename>."""
-    source = rewrite_imports((OPS_DIR / filename).read_text())
+    """The student's copy of minires' <filename>."""
+    package = reference_module_name(filename).rpartition(".")[0]
+    source = rewrite_imports(reference_path(filename).read_text(), package)
     if with_solutions:
         return source
     return stub_source(source, [t for t in targets if t.file == filename], filename)
