@@ -84,9 +84,10 @@ def _solution_span(lines, node, where):
     return begins[0], ends[0]
 
 
-def stub_source(source, targets, filename):
+def stub_source(source, targets, filename, keep_markers=False):
     """`source` with each target's docstring replaced and each target function's solution body
-    turned into a TODO stub. Raises ValueError naming a target that is missing or unmarked."""
+    turned into a TODO stub (between the markers, with `keep_markers`, as the student release
+    keeps them). Raises ValueError naming a target that is missing or unmarked."""
     lines = source.splitlines(keepends=True)
     nodes = _definitions(ast.parse(source))
     edits = []  # (first line index, last line index, replacement lines)
@@ -101,6 +102,8 @@ def stub_source(source, targets, filename):
             indent = lines[first][:len(lines[first]) - len(lines[first].lstrip())]
             stub = [f'{indent}raise NotImplementedError("TODO: {target.qualname}; see the '
                     'docstring")\n']
+            if keep_markers:
+                stub = [f"{indent}{BEGIN}\n", *stub, f"{indent}{END}\n"]
             if doc_node is None:  # the stub's docstring goes where the solution was
                 stub = _render_docstring(target.doc, indent) + stub
             edits.append((first, last, stub))
