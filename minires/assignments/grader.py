@@ -217,14 +217,15 @@ def reference_impl(assignment):
 
 def student_impl(directory, assignment, part):
     """In the sandbox: the student's files the part needs, the reference for what it does not
-    grade, and this process's copy of every graded reference made unusable."""
+    grade, and this process's copy of every graded reference made unusable first (so that even
+    an import the screen missed finds no answer)."""
     files = assignment.files_of(part)
+    hide_graded_references(assignment, part)
     impl = SimpleNamespace(**{Path(f).stem: load_module(Path(directory) / f) for f in files})
     for filename in assignment.files:
         if filename not in files:  # a part that needs no student code from this file
             setattr(impl, Path(filename).stem, import_module(reference_module_name(filename)))
     use_reference_for_the_rest(impl, assignment, part)
-    hide_graded_references(assignment, part)
     return impl
 
 
