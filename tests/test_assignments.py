@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minires.assignments import all_assignments, grade, gradescope_results, load_workspace
+from minires.assignments import all_assignments, grade, grader, gradescope_results, load_workspace
 from minires.assignments.registry import Target
 from minires.assignments.workspace import BEGIN, END, make_workspace, stub_source
 from minires.cli import main
@@ -235,8 +235,10 @@ def test_missing_variance_term_would_pass_a_sum_of_outputs_check(tmp_path):
     ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    return x[5]\n",
      "IndexError: index 5 is out of bounds"),
 ], ids=["infinite-loop", "wrong-shape", "process-dies", "exception"])
-def test_misbehaving_part_costs_that_part_only(tmp_path, bug, message):
+def test_misbehaving_part_costs_that_part_only(tmp_path, monkeypatch, bug, message):
     timeout = 3 if "while True" in bug else TIMEOUT  # short only where a part must time out
+    if "import os" in bug:  # the screen refuses `os`; let it through to see the process die
+        monkeypatch.setattr(grader, "screen_workspace", lambda directory, assignment: {})
     results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=timeout,
                      parts=["im2col", "col2im"])
     assert_only_failing(results, ["im2col"])
@@ -252,7 +254,8 @@ def test_workspace_files_are_stubbed_with_absolute_imports(tmp_path, name):
     make_workspace(name, tmp_path)
     sources = {f: (tmp_path / f).read_text() for f in assignment.files}
     for source in sources.values():
-        assert "from ." not in source and "from minires.autograd import Function" in source
+        assert "from ." not in source and ("from minires.autograd import Function" in source
+                                           or "from minires import backend" in source)
         assert BEGIN not in source and END not in source
     for part in assignment.parts:
         for qualname in part.uses:
