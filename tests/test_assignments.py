@@ -22,7 +22,10 @@ import pytest
 from minires.assignments import all_assignments, grade, grader, gradescope_results, load_workspace
 from minires.assignments.registry import Target
 from minires.assignments.workspace import BEGIN, END, make_workspace, stub_source
+from minires.assignments import block
+from minires.autograd import Tensor
 from minires.cli import main
+from minires.nn import BasicBlock
 from minires.ops import norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +163,25 @@ def _forward_in_place(self, shortcut, branch):
 ResidualAdd.forward = _forward_in_place
 """
 
+BLOCK_BACKWARD_WITHOUT_THE_SHORTCUT = """
+_block_backward = block_backward
+
+def block_backward(gy, ops):  # forgets the "+1": nothing comes back through the shortcut
+    grads = _block_backward(gy, ops)
+    grads["dx"], grads["dx_shortcut"] = grads["dx_branch"], 0 * grads["dx_shortcut"]
+    return grads
+"""
+
+PAD_CHANNELS_BACKWARD_IGNORING_THE_STRIDE = """
+def _backward_ignoring_the_stride(self, gy):
+    gx = np.zeros(self.x_shape)
+    c, (h, w) = self.x_shape[1], gy.shape[2:]
+    gx[:, :, :h, :w] = gy[:, self.before:self.before + c]  # the first pixels, not every s-th
+    return gx
+
+PadChannels.backward = _backward_ignoring_the_stride
+"""
+
 RESIDUAL_ADD_HALF_TO_BRANCH = """
 ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
 """
@@ -184,6 +206,13 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
                  ["residual_add_forward", "residual_add_backward", "basic_block_backward"],
                  "shortcut: your code changed this input in place", marks=MARKS["residual"],
                  id="residual-add-in-place"),
+    pytest.param("residual", "block.py", BLOCK_BACKWARD_WITHOUT_THE_SHORTCUT,
+                 ["block_backward_by_hand", "plus_one_split"], "dx: first wrong element",
+                 marks=MARKS["residual"], id="residual-block-backward-without-the-plus-one"),
+    pytest.param("residual", "residual.py", "import numpy as np\n" +
+                 PAD_CHANNELS_BACKWARD_IGNORING_THE_STRIDE, ["pad_channels_backward"],
+                 "FAIL  4 -> 8 channels, stride 2", marks=MARKS["residual"],
+                 id="residual-pad-channels-ignores-the-stride"),
     pytest.param("residual", "activation.py", RELU_GRADIENT_ONE_AT_ZERO, ["relu_backward"],
                  "FAIL  x of shape (2, 3, 4, 4) with exact zeros (relu'(0) = 0)",
                  marks=MARKS["residual"], id="residual-relu-at-zero"),
@@ -254,8 +283,7 @@ def test_workspace_files_are_stubbed_with_absolute_imports(tmp_path, name):
     make_workspace(name, tmp_path)
     sources = {f: (tmp_path / f).read_text() for f in assignment.files}
     for source in sources.values():
-        assert "from ." not in source and ("from minires.autograd import Function" in source
-                                           or "from minires import backend" in source)
+        assert "from ." not in source and "from minires" in source
         assert BEGIN not in source and END not in source
     for part in assignment.parts:
         for qualname in part.uses:
@@ -301,6 +329,32 @@ def test_compare_script_runs_on_the_students_ops(tmp_path):
     assert failed.returncode != 0 and "TODO: ReLU.forward" in failed.stderr
     done = subprocess.run(run, cwd=solved, env=env, capture_output=True, text=True, check=True)
     assert "plain-8" in done.stdout and "residual-8" in done.stdout and "ratio" in done.stdout
+    assert "identity shortcut: |dx| = " in done.stdout and "|branch part|" in done.stdout
+
+
+@pytest.mark.assignment_residual
+def test_the_reference_block_backward_by_hand_is_autograds():
+    """block.py's op-by-op backward gives what minires' engine gives for nn.BasicBlock."""
+    rng = np.random.default_rng(0)
+    for in_channels, channels, stride in ((4, 4, 1), (4, 8, 2)):
+        params = block.random_params(rng, in_channels, channels)
+        x = rng.standard_normal((2, in_channels, 6, 6))
+        y, ops = block.block_forward(x, params, stride)
+        gy = rng.standard_normal(y.shape)
+        grads = block.block_backward(gy, ops)
+        module = BasicBlock(in_channels, channels, stride, shortcut="A").train()
+        for layer, name in ((module.conv1, "w1"), (module.conv2, "w2")):
+            layer.weight.data = params[name]
+        for layer, i in ((module.bn1, 1), (module.bn2, 2)):
+            layer.weight.data, layer.bias.data = params[f"gamma{i}"], params[f"beta{i}"]
+        x_tensor = Tensor(x, requires_grad=True)
+        y_module = module(x_tensor)
+        y_module.backward(gy)
+        np.testing.assert_allclose(y, y_module.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dx"], x_tensor.grad.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dx_shortcut"] + grads["dx_branch"], grads["dx"])
+        np.testing.assert_allclose(grads["dw1"], module.conv1.weight.grad.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dgamma2"], module.bn2.weight.grad.data, atol=1e-12)
 
 
 # --- the command line ----------------------------------------------------------------------------

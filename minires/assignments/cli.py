@@ -3,7 +3,7 @@
     minires assignment list
     minires assignment make conv --out hw1
     minires assignment grade hw1 [--json results.json] [--timeout S] [--seed N] [--part NAME]
-    minires assignment release --out student-minires
+    minires assignment release --out student-minires [--keep conv ...]
     minires assignment gradescope conv --out conv-autograder.zip
 
 `grade` exits 0 with full marks and 1 otherwise. `--json` writes Gradescope's results.json: once
@@ -45,6 +45,9 @@ def add_arguments(parser):
     release_parser = actions.add_parser(
         "release", help="the student copy of minires: every solution removed")
     release_parser.add_argument("--out", required=True, type=Path, help="directory to write")
+    release_parser.add_argument("--keep", action="append", default=[], metavar="NAME",
+                                help="leave this assignment's solutions in (once it is due; "
+                                     "repeatable)")
 
     bundle = actions.add_parser("gradescope", help="Gradescope's autograder zip for one assignment")
     bundle.add_argument("name", help="assignment name")
@@ -98,7 +101,7 @@ def run_grade(args):
 
 
 def run_release(args):
-    stubbed = release(args.out)
+    stubbed = release(args.out, args.keep)
     print(f"wrote the student release to {args.out}: solutions removed from "
           f"{', '.join(stubbed)}; tests and tutorials marked as needing them")
     return 0

@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 
 from .registry import all_assignments, get
-from .workspace import PACKAGE_DIR, stub_source
+from .workspace import PACKAGE_DIR, source_path, stub_source
 
 SOLUTION_FOLDERS = ("fast",)  # removed from the student copy: whole solutions, not stubs
 RELEASE_MARK = "RELEASE.md"   # written into the student package: what was removed
@@ -28,18 +28,21 @@ TUTORIAL_NOTE = ("# NEEDS THE SOLUTIONS: this tutorial runs minires' reference o
                  "student release leaves for you to write.\n")
 
 
-def targets_by_file():
-    """{package-relative path: [Target]} over every assignment."""
+def targets_by_file(keep=()):
+    """{package-relative path: [Target]} over every assignment not named in `keep`."""
     found = {}
     for assignment in all_assignments().values():
+        if assignment.name in keep:
+            continue
         for target in assignment.targets:
-            path = target.file if target.file == "autograd.py" else f"ops/{target.file}"
-            found.setdefault(path, []).append(target)
+            found.setdefault(source_path(target.file), []).append(target)
     return found
 
 
-def release_package(out):
-    """Write the student copy of the package into out/minires; returns the files stubbed."""
+def release_package(out, keep=()):
+    """Write the student copy of the package into out/minires, the solutions of the assignments
+    in `keep` left in (a later release, once their deadline has passed); returns the files
+    stubbed."""
     out = Path(out)
     destination = out / "minires"
     if destination.exists():
@@ -47,7 +50,7 @@ def release_package(out):
     shutil.copytree(PACKAGE_DIR, destination,
                     ignore=shutil.ignore_patterns("__pycache__", *SOLUTION_FOLDERS))
     stubbed = []
-    for relative, targets in targets_by_file().items():
+    for relative, targets in targets_by_file(keep).items():
         path = destination / relative
         path.write_text(stub_source(path.read_text(), targets, relative, keep_markers=True))
         stubbed.append(relative)
@@ -78,11 +81,13 @@ def _mark_tutorial(name, text):
     return TUTORIAL_NOTE + text
 
 
-def release(out):
+def release(out, keep=()):
     """The whole student release in `out`: package, marked tests and tutorials."""
+    for name in keep:
+        get(name)  # a clear error for an unknown name
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    stubbed = release_package(out)
+    stubbed = release_package(out, keep)
     mark_needing_solutions(PACKAGE_DIR.parent, out)
     return stubbed
 
