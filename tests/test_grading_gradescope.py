@@ -12,6 +12,7 @@ import zipfile
 
 import pytest
 
+from minires.assignments import get
 from minires.assignments.release import RELEASE_MARK, gradescope_bundle, release, unpack
 from minires.assignments.workspace import BEGIN, make_workspace
 from minires.cli import main
@@ -23,7 +24,7 @@ def test_release_has_no_solutions(tmp_path):
     stubbed = release(tmp_path)
     package = tmp_path / "minires"
     assert set(stubbed) == {"autograd.py", "ops/conv.py", "ops/norm.py", "ops/activation.py",
-                            "ops/residual.py"}
+                            "ops/residual.py", "assignments/block.py"}
     for relative in stubbed:
         source = (package / relative).read_text()
         assert "raise NotImplementedError(\"TODO:" in source
@@ -63,16 +64,16 @@ def test_gradescope_bundle_grades_a_submission_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     results = json.loads((root / "results" / "results.json").read_text())
-    assert results["score"] == 10 and results["extra_data"]["finished"], results
+    assert results["score"] == 20 and results["extra_data"]["finished"], results
     assert results["extra_data"]["assignment"] == "residual"
-    assert [t["name"] for t in results["tests"]] == [
-        "relu_forward", "relu_backward", "residual_add_forward", "residual_add_backward",
-        "basic_block_backward"]
+    assert [t["name"] for t in results["tests"]] == [p.name for p in get("residual").parts]
     (root / "submission" / "residual.py").rename(root / "submission" / "my_residual.py")
     subprocess.run([str(root / "run_autograder")], cwd=root, env=env, check=True,
                    capture_output=True, timeout=300)
     results = json.loads((root / "results" / "results.json").read_text())
     scores = {t["name"]: t["score"] for t in results["tests"]}
     assert scores == {"relu_forward": 1, "relu_backward": 2, "residual_add_forward": 0,
-                      "residual_add_backward": 0, "basic_block_backward": 0}
+                      "residual_add_backward": 0, "pad_channels_backward": 0,
+                      "basic_block_backward": 0, "block_backward_by_hand": 6,
+                      "plus_one_split": 4}  # residual.py's parts only, never filled in
     assert "residual.py is missing" in results["tests"][2]["output"]
