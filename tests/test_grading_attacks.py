@@ -169,7 +169,15 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
 """
 
 
-def test_a_setsid_grandchild_cannot_rewrite_the_results(tmp_path, unscreened, capsys):
+@pytest.mark.parametrize("layers", ["as-configured", "subreaper-alone"])
+def test_a_setsid_grandchild_cannot_rewrite_the_results(tmp_path, unscreened, monkeypatch,
+                                                        capsys, layers):
+    """As configured here (PID namespace, `nobody`), and with the subreaper as the only layer
+    (same user, no namespace): without both, the grandchild does rewrite the file (checked by
+    hand when this test was written)."""
+    if layers == "subreaper-alone":
+        monkeypatch.setattr(grader, "sandbox_uid", lambda: None)
+        monkeypatch.setattr(isolation, "namespace_prefix", lambda: ())
     with tempfile.TemporaryDirectory() as shared:  # open to the sandbox's user too: only the
         os.chmod(shared, 0o777)                    # killing of every descendant protects it
         results_json, pid_file = Path(shared) / "results.json", Path(shared) / "grandchild.pid"

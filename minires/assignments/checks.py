@@ -64,12 +64,16 @@ def expect_close(what, got, expected, rtol=RTOL, atol=ATOL):
 
 def expect_unchanged(name, after, before):
     """An input the op must only read is bit-identical after the call."""
-    if after is None or after.shape != before.shape or not np.array_equal(after, before,
-                                                                          equal_nan=True):
-        changed = "" if after is None or after.shape != before.shape else \
-            f" (first changed element at index {tuple(int(i) for i in np.argwhere(after != before)[0])})"
-        raise Failure(f"{name}: your code changed this input in place{changed}; an op must "
-                      "leave its inputs as they were (write into a new array instead)")
+    if after is not None and after.shape == before.shape and \
+            np.array_equal(after, before, equal_nan=True):
+        return
+    where = ""
+    if after is not None and after.shape == before.shape:
+        index = tuple(int(i) for i in np.argwhere(~np.isclose(after, before, rtol=0, atol=0,
+                                                              equal_nan=True))[0])
+        where = f" (first changed element at index {index})"
+    raise Failure(f"{name}: your code changed this input in place{where}; an op must leave its "
+                  "inputs as they were (write the result into a new array instead)")
 
 
 def compare_case(case, got, expected):

@@ -11,6 +11,7 @@ before any student code runs (every part 0, "grading did not finish"), then, ato
 scores, so the file never goes missing and never shows marks the grader did not give.
 """
 import argparse
+import secrets
 from pathlib import Path
 
 from .grader import (PartResult, assignment_of, grade, gradescope_results, table,
@@ -89,11 +90,12 @@ def run_grade(args):
         chosen = [assignment.part(p) for p in args.part] if args.part else assignment.parts
     except KeyError as error:  # an unknown --part
         raise SystemExit(error.args[0]) from None
+    seed = secrets.randbits(32) if args.seed is None else args.seed
     if args.json is not None:  # what the file says if grading never finishes
         unfinished = [PartResult(p.name, 0, p.points, "grading did not finish",
                                  "grading did not finish") for p in chosen]
-        write_results(args.json, gradescope_results(unfinished, assignment, args.seed, False))
-    seed, results = grade(args.directory, assignment.name, args.seed, args.timeout, args.part)
+        write_results(args.json, gradescope_results(unfinished, assignment, seed, False))
+    seed, results = grade(args.directory, assignment.name, seed, args.timeout, args.part)
     print(table(assignment, seed, results))
     if args.json is not None:
         write_results(args.json, gradescope_results(results, assignment, seed))

@@ -184,13 +184,22 @@ numerical gradients.
 |---|---|---|
 {parts}
 
-Each part runs in its own process on fresh random inputs (a new seed every run; `--seed N`
-repeats one), against minires' reference implementation and numerical gradients. A part that
+(Grading needs your teacher's complete copy of minires; in a student release, test your code
+with `minires.gradcheck` and submit it to your course's autograder.)
+
+Each part runs in its own sandboxed process on fresh random inputs (a new seed every run; `--seed
+N` repeats one); the grader compares what your code returns with minires' reference. A part that
 crashes, runs past the time limit (`--timeout`, seconds) or returns the wrong shape loses that part
 only, and the grader says why; a wrong value is reported with its index, the value you returned
-and the expected one. Each part is graded on its own: the functions of the other parts are
-replaced by the reference while it runs (a backward still runs your forward, which saves what the
-backward needs).
+and the expected one, and an op that writes into one of its inputs is told so. Each part is graded
+on its own: the functions of the other parts are replaced by the reference while it runs (a
+backward still runs your forward, which saves what the backward needs).
+
+Your files may import what they import now, plus numpy, math and a few standard modules
+(functools, itertools, typing, collections, dataclasses, operator). The grader refuses a file
+that imports minires' reference modules or the grader, inspects frames or the heap (sys, inspect,
+gc), or uses eval, exec, open, `__import__` or dunder attributes; its message names the line.
+Keep each file's name: a missing or renamed file scores 0 for its parts.
 
 {textwrap.fill(assignment.notes, 99)}
 """
