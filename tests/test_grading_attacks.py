@@ -203,6 +203,21 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
     os._exit(0)
 """
 
+ZIP_BOMB = """
+import os, zipfile, numpy
+
+def im2col(x, kernel, stride, padding, pad_value=0.0):
+    header = b"\\x93NUMPY\\x01\\x00v\\x00{'descr': '<f8', 'fortran_order': False, 'shape': (33554432,), }"
+    header = header + b" " * (127 - len(header)) + b"\\n"
+    with zipfile.ZipFile("case0.npz", "w", zipfile.ZIP_DEFLATED) as bomb:
+        with bomb.open("output:cols.npy", "w", force_zip64=True) as member:
+            member.write(header)
+            zeros = bytes(1 << 24)
+            for _ in range(16):  # 256 MiB of zeros, a few hundred kB on disk
+                member.write(zeros)
+    os._exit(0)
+"""
+
 KILL_PARENT = """
 import os, signal
 
@@ -238,6 +253,10 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
 def test_a_malformed_result_costs_its_part_only(tmp_path, unscreened):
     assert_im2col_zero_col2im_full(graded(attacked(tmp_path, MALFORMED)),
                                    "cannot read as plain arrays")
+
+
+def test_a_zip_bomb_is_not_unpacked(tmp_path, unscreened):
+    assert_im2col_zero_col2im_full(graded(attacked(tmp_path, ZIP_BOMB)), "the grader reads at most")
 
 
 def test_killing_the_parent_is_not_possible(tmp_path, unscreened):

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import textwrap
 import traceback
+import zipfile
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
@@ -36,12 +37,12 @@ from .checks import Failure, compare_case
 from .guard import screen_file
 from .isolation import isolation_summary, reaper, run_isolated, sandbox_uid
 from .registry import get
-from .sandbox import ERROR_FILE, PROGRESS_FILE, case_file
+from .sandbox import ERROR_FILE, case_file
 from .student import load_module
 from .workspace import MANIFEST, reference_module_name, workspace_source
 
 OUTPUT_LIMIT = 4000         # characters of a part's output kept (a traceback can be long)
-RESULT_BYTES = 64 * 2**20   # the most a case's .npz may weigh before the grader reads it
+RESULT_BYTES = 64 * 2**20   # the most a case's .npz may hold, unpacked, for the grader to read it
 LIMITS = dict(cpu_slack=5, address_space=4 * 2**30, file_size=RESULT_BYTES, open_files=256,
               processes=64)
 
@@ -170,12 +171,16 @@ def read_arrays(path):
     not a plain-array .npz of reasonable size."""
     if not path.is_file():
         return None
-    if path.stat().st_size > RESULT_BYTES:
-        raise Failure(f"your code's result file is {path.stat().st_size} bytes; the grader "
-                      f"reads at most {RESULT_BYTES}")
     try:
+        with zipfile.ZipFile(path) as members:  # declared sizes cap what decompression yields
+            unpacked = sum(member.file_size for member in members.infolist())
+        if max(unpacked, path.stat().st_size) > RESULT_BYTES:
+            raise Failure(f"your code's result holds {unpacked} bytes; the grader reads at most "
+                          f"{RESULT_BYTES}")
         with np.load(path, allow_pickle=False) as arrays:
             return {name: arrays[name] for name in arrays.files}
+    except Failure:
+        raise
     except Exception as error:  # a truncated or forged file: that part's loss, not the grader's
         raise Failure(f"your code's process wrote a result the grader cannot read as plain "
                       f"arrays ({type(error).__name__}: {error})") from None

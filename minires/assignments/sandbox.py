@@ -10,9 +10,9 @@ as root (as on Gradescope), gives up root for an unprivileged user (`nobody`), s
 neither signal the grader nor write where the grader writes.
 
 Then, for each case of the part, it writes `case<i>.npz` (`output:<name>` arrays, and
-`input:<name>`: the inputs as the student's code left them) into the output directory, and
-`progress` (the case now running) before each case. A crash or a wrong answer ends it with
-`error.txt`, a text the grader shows as it is (never parses for a score).
+`input:<name>`: the inputs as the student's code left them) into the output directory; the first
+case without a file is the one that failed. A crash or a wrong answer ends it with `error.txt`, a
+text the grader shows as it is (never parses for a score).
 """
 import ctypes
 import json
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
-ERROR_FILE, PROGRESS_FILE = "error.txt", "progress"
+ERROR_FILE = "error.txt"
 
 
 def case_file(index):
@@ -95,7 +95,6 @@ def run(cases, directory, assignment, part, out):
     try:
         impl = student_impl(directory, assignment, part)
         for index, case in enumerate(cases):
-            (out / PROGRESS_FILE).write_text(str(index))
             inputs = {name: array.copy() for name, array in case.inputs.items()}
             outputs = case.run(impl, inputs)
             arrays = {f"output:{name}": as_array(name, value) for name, value in outputs.items()}
