@@ -204,10 +204,11 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
 """
 
 ZIP_BOMB = """
-import os, zipfile, numpy
+import os, zipfile
 
 def im2col(x, kernel, stride, padding, pad_value=0.0):
-    header = b"\\x93NUMPY\\x01\\x00v\\x00{'descr': '<f8', 'fortran_order': False, 'shape': (33554432,), }"
+    header = (b"\\x93NUMPY\\x01\\x00v\\x00{'descr': '<f8', 'fortran_order': False, "
+              b"'shape': (33554432,), }")
     header = header + b" " * (127 - len(header)) + b"\\n"
     with zipfile.ZipFile("case0.npz", "w", zipfile.ZIP_DEFLATED) as bomb:
         with bomb.open("output:cols.npy", "w", force_zip64=True) as member:
@@ -276,7 +277,7 @@ def test_a_fork_bomb_is_contained(tmp_path, unscreened):
     assert not isolation.children()
 
 
-# --- 6. fork after threads -------------------------------------------------------------------------
+# --- 6. fork after threads ----------------------------------------------------------------------
 
 def test_grading_after_threads_ran_does_not_hang(tmp_path):
     """The grader's process has run a fast conv (its thread pool) and holds a lock in another
@@ -299,7 +300,7 @@ def test_grading_after_threads_ran_does_not_hang(tmp_path):
         holder.join()
 
 
-# --- a class of submissions -------------------------------------------------------------------------
+# --- a class of submissions ---------------------------------------------------------------------
 
 def test_grading_many_submissions_leaks_no_processes_or_files(tmp_path):
     temporary = Path(os.environ.get("TMPDIR", "/tmp"))

@@ -13,7 +13,7 @@ import zipfile
 import pytest
 
 from minires.assignments import get
-from minires.assignments.release import RELEASE_MARK, gradescope_bundle, release, unpack
+from minires.assignments.release import RELEASE_MARK, release, unpack
 from minires.assignments.workspace import BEGIN, make_workspace
 from minires.cli import main
 

@@ -65,7 +65,8 @@ GRAPHS = (
 
 
 def build(autograd, graph, arrays):
-    """The graph's tensors on engine `autograd`: {name: Tensor}; each Function tagged by its line."""
+    """The graph's tensors on engine `autograd`: {name: Tensor}; each Function tagged by its
+    line of the graph."""
     ops = small_ops(autograd)
     tensors = {name: autograd.Tensor(arrays[name], requires_grad=name != "c")
                for name in ("x", "w", "c")}

@@ -45,8 +45,8 @@ def screen_file(source, filename, handed_out):
     """Every reason to refuse `source` (a student's `filename`), each naming its line; [] if none.
     Whatever the handed-out file does itself (autograd.py's computed getattr) stays allowed."""
     allowed = {why for _, why in _problems(handed_out, filename, handed_out)}
-    return [f"{filename}, line {line}: {why}" for line, why in _problems(source, filename, handed_out)
-            if why not in allowed]
+    return [f"{filename}, line {line}: {why}"
+            for line, why in _problems(source, filename, handed_out) if why not in allowed]
 
 
 def _problems(source, filename, handed_out):

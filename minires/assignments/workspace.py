@@ -1,7 +1,8 @@
 """`minires assignment make`: a student workspace cut from minires' own files.
 
 Each file the assignment names is copied from minires (minires/ops/<file>, or minires/autograd.py
-for the engine) with its relative imports made absolute (`from ..autograd import Function` -> `from minires.autograd import Function`), so the
+for the engine) with its relative imports made absolute (`from ..autograd import Function` ->
+`from minires.autograd import Function`), so the
 student's classes subclass minires.autograd.Function and plug into the real engine. In the copy,
 every target's docstring is replaced by the assignment's (shapes and math), and every target
 function's solution body, the lines from `# BEGIN SOLUTION` to `# END SOLUTION`, becomes
