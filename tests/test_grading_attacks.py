@@ -53,7 +53,7 @@ def assert_im2col_zero_col2im_full(results, message):
 
 def assert_refused(results, message):
     for r in results.values():
-        assert r.score == 0 and r.verdict.startswith("refused: conv.py, line "), r.output
+        assert r.score == 0 and r.verdict.startswith("refused: conv.py"), r.output
         assert message in r.output, r.output
 
 
@@ -67,6 +67,13 @@ im2col = _reference.im2col
 
 def test_importing_the_answer_is_refused(tmp_path):
     assert_refused(graded(attacked(tmp_path, IMPORT_ANSWER)), "imports conv from minires.ops")
+
+
+def test_a_link_to_the_answer_is_refused(tmp_path):
+    make_workspace("conv", tmp_path)
+    (tmp_path / "conv.py").unlink()
+    (tmp_path / "conv.py").symlink_to(Path(grader.__file__).parents[1] / "ops" / "conv.py")
+    assert_refused(graded(tmp_path), "conv.py is a link")
 
 
 def test_importing_the_answer_finds_no_answer_even_unscreened(tmp_path, unscreened):

@@ -88,6 +88,9 @@ def screen_workspace(directory, assignment):
     problems = {}
     for filename in assignment.files:
         path = directory / filename
+        if path.is_symlink():  # it could point at anything the grader may read
+            problems[filename] = f"refused: {filename} is a link; submit the file itself"
+            continue
         if not path.is_file():
             problems[filename] = (f"{filename} is missing from your submission (was it renamed "
                                   "or moved into a folder?); its parts score 0")

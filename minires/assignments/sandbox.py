@@ -58,7 +58,7 @@ def preload():
     from .guard import STANDARD
 
     for name in sorted(STANDARD) + ["numpy.random", "numpy.linalg", "numpy.lib.stride_tricks",
-                                    "traceback", "linecache", "minires.nn", "minires.inspect",
+                                    "traceback", "linecache", "minires.nn",
                                     "minires.assignments.grader"]:
         importlib.import_module(name)
 
