@@ -311,6 +311,7 @@ def run_backward(root, grad, retain_graph=False):
         for observer in _backward_observers.callbacks:
             observer(fn, tuple(fn._inputs), grad_output, grad_inputs)
         for x, gx in zip(fn._inputs, grad_inputs):
+            # BEGIN SOLUTION
             if gx is None or not x.requires_grad:
                 continue
             if x.creator is None:
@@ -319,6 +320,7 @@ def run_backward(root, grad, retain_graph=False):
             else:
                 key = id(x.creator)
                 pending[key] = gx if key not in pending else pending[key] + gx
+            # END SOLUTION
         if not retain_graph:
             fn._release()
     for x, g in leaves.values():
@@ -338,6 +340,7 @@ def _check_unchanged_inputs(fn):
 
 def _topological_functions(root):
     """Functions reachable from `root`, each after every Function that consumes its outputs."""
+    # BEGIN SOLUTION
     order, visited = [], set()
     stack = [(root.creator, False)]
     while stack:
@@ -354,6 +357,7 @@ def _topological_functions(root):
                 stack.append((t.creator, False))
     order.reverse()  # postorder reversed: consumers first
     return order
+    # END SOLUTION
 
 
 def _finish_gradient(tensor, grad):
@@ -368,7 +372,9 @@ def _finish_gradient(tensor, grad):
 
 
 def _accumulate_leaf(leaf, grad):
+    # BEGIN SOLUTION
     leaf.grad = Tensor(grad if leaf.grad is None else leaf.grad.data + grad)
+    # END SOLUTION
 
 
 # --- making tensors -------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Tests for minires.assignments: the student workspaces, the grader and `minires assignment`.
 
 One marker per assignment, so a teacher can run one: `pytest -m assignment_conv` (also
-assignment_batchnorm, assignment_residual). For each assignment: the untouched workspace scores 0,
+assignment_engine, assignment_batchnorm, assignment_residual). The attacks on the grader are in
+test_grading_attacks.py, the Gradescope bundle and the student release in
+test_grading_gradescope.py. For each assignment: the untouched workspace scores 0,
 the reference (a `--with-solutions` workspace) scores full marks, and a planted bug loses exactly
 its part. A planted bug is code appended to a reference workspace file, so it keeps working when
 minires' ops change. Crashes, infinite loops and wrong shapes are planted in im2col.
@@ -17,10 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minires.assignments import all_assignments, grade, gradescope_results, load_workspace
+from minires.assignments import all_assignments, grade, grader, gradescope_results, load_workspace
 from minires.assignments.registry import Target
 from minires.assignments.workspace import BEGIN, END, make_workspace, stub_source
+from minires.assignments import block
+from minires.autograd import Tensor
 from minires.cli import main
+from minires.nn import BasicBlock
 from minires.ops import norm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,9 +37,9 @@ def each_assignment():
     return [pytest.param(name, marks=MARKS[name], id=name) for name in all_assignments()]
 
 
-def scores(directory, timeout=TIMEOUT):
-    """{part: PartResult} of a seeded grading run."""
-    _, results = grade(directory, seed=SEED, timeout=timeout)
+def scores(directory, timeout=TIMEOUT, parts=None):
+    """{part: PartResult} of a seeded grading run (of `parts` only, if given)."""
+    _, results = grade(directory, seed=SEED, timeout=timeout, parts=parts)
     return {r.name: r for r in results}
 
 
@@ -120,6 +125,63 @@ ReLU.forward = _forward_with_mask_at_zero
 ReLU.backward = lambda self, gy: gy * self.planted_mask
 """
 
+BATCHNORM_WITHOUT_MEAN_TERM = """
+import numpy as np
+
+_forward, _backward = BatchNorm.forward, BatchNorm.backward
+
+def _forward_keeping_x(self, x, gamma, beta):
+    self.planted = x, gamma
+    return _forward(self, x, gamma, beta)
+
+def _backward_without_mean_term(self, gy):
+    dx, dgamma, dbeta = _backward(self, gy)
+    if self.training:  # add back the term through the mean: it is now missing
+        x, gamma = self.planted
+        axes, shape = (0,) if x.ndim == 2 else (0, 2, 3), (1, -1) + (1,) * (x.ndim - 2)
+        inv_std = (1 / np.sqrt(x.var(axis=axes) + self.eps)).reshape(shape)
+        dx = dx + inv_std * (gy * gamma.reshape(shape)).mean(axis=axes).reshape(shape)
+    return dx, dgamma, dbeta
+
+BatchNorm.forward, BatchNorm.backward = _forward_keeping_x, _backward_without_mean_term
+"""
+
+BATCHNORM_BIASED_RUNNING_VARIANCE = """
+_update_running = BatchNorm._update_running
+
+def _update_running_biased(self, mean, var, m):
+    _update_running(self, mean, var * (m - 1) / m, m)  # the running variance ends up biased
+
+BatchNorm._update_running = _update_running_biased
+"""
+
+RESIDUAL_ADD_IN_PLACE = """
+def _forward_in_place(self, shortcut, branch):
+    shortcut += branch  # right output, but the caller's shortcut array is overwritten
+    return shortcut
+
+ResidualAdd.forward = _forward_in_place
+"""
+
+BLOCK_BACKWARD_WITHOUT_THE_SHORTCUT = """
+_block_backward = block_backward
+
+def block_backward(gy, ops):  # forgets the "+1": nothing comes back through the shortcut
+    grads = _block_backward(gy, ops)
+    grads["dx"], grads["dx_shortcut"] = grads["dx_branch"], 0 * grads["dx_shortcut"]
+    return grads
+"""
+
+PAD_CHANNELS_BACKWARD_IGNORING_THE_STRIDE = """
+def _backward_ignoring_the_stride(self, gy):
+    gx = np.zeros(self.x_shape)
+    c, (h, w) = self.x_shape[1], gy.shape[2:]
+    gx[:, :, :h, :w] = gy[:, self.before:self.before + c]  # the first pixels, not every s-th
+    return gx
+
+PadChannels.backward = _backward_ignoring_the_stride
+"""
+
 RESIDUAL_ADD_HALF_TO_BRANCH = """
 ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
 """
@@ -127,12 +189,30 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
 
 @pytest.mark.parametrize("name, file, bug, failing, message", [
     pytest.param("conv", "conv.py", COL2IM_WITH_EQUALS, ["col2im"],
+                 "ok    2x2 kernel, stride 2, no padding\n"  # `=` passes the 2x2 stride-2 case
                  "FAIL  3x3 kernel, stride 1, padding 1 (overlapping windows)\n"
                  "      x: first wrong element at index", marks=MARKS["conv"],
                  id="conv-col2im-equals"),
     pytest.param("batchnorm", "norm.py", BATCHNORM_WITHOUT_VARIANCE_TERM, ["backward_train"],
                  "dx: first wrong element at index", marks=MARKS["batchnorm"],
                  id="batchnorm-no-variance-term"),
+    pytest.param("batchnorm", "norm.py", BATCHNORM_WITHOUT_MEAN_TERM, ["backward_train"],
+                 "dx: first wrong element at index", marks=MARKS["batchnorm"],
+                 id="batchnorm-no-mean-term"),
+    pytest.param("batchnorm", "norm.py", BATCHNORM_BIASED_RUNNING_VARIANCE,
+                 ["forward_eval_and_running_stats"], "running_var: first wrong element at index",
+                 marks=MARKS["batchnorm"], id="batchnorm-biased-running-variance"),
+    pytest.param("residual", "residual.py", RESIDUAL_ADD_IN_PLACE,
+                 ["residual_add_forward", "residual_add_backward", "basic_block_backward"],
+                 "shortcut: your code changed this input in place", marks=MARKS["residual"],
+                 id="residual-add-in-place"),
+    pytest.param("residual", "block.py", BLOCK_BACKWARD_WITHOUT_THE_SHORTCUT,
+                 ["block_backward_by_hand", "plus_one_split"], "dx: first wrong element",
+                 marks=MARKS["residual"], id="residual-block-backward-without-the-plus-one"),
+    pytest.param("residual", "residual.py", "import numpy as np\n" +
+                 PAD_CHANNELS_BACKWARD_IGNORING_THE_STRIDE, ["pad_channels_backward"],
+                 "FAIL  4 -> 8 channels, stride 2", marks=MARKS["residual"],
+                 id="residual-pad-channels-ignores-the-stride"),
     pytest.param("residual", "activation.py", RELU_GRADIENT_ONE_AT_ZERO, ["relu_backward"],
                  "FAIL  x of shape (2, 3, 4, 4) with exact zeros (relu'(0) = 0)",
                  marks=MARKS["residual"], id="residual-relu-at-zero"),
@@ -141,18 +221,17 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
                  marks=MARKS["residual"], id="residual-add-backward-reaches-the-block"),
 ])
 def test_planted_bug_loses_exactly_its_part(tmp_path, name, file, bug, failing, message):
-    results = scores(reference_workspace(tmp_path, name, file, bug))
+    """Graded: the failing parts and the part before the first of them (each part is its own
+    process, so the rest would only repeat test_reference_scores_full_marks)."""
+    parts = [p.name for p in all_assignments()[name].parts]
+    neighbour = parts[max(0, parts.index(failing[0]) - 1)]
+    if neighbour in failing:
+        neighbour = parts[parts.index(failing[-1]) + 1]
+    results = scores(reference_workspace(tmp_path, name, file, bug), parts=[neighbour, *failing])
     assert_only_failing(results, failing)
     output = results[failing[0]].output
     assert message in output, output
-    assert "got " in output and "expected " in output
-
-
-@pytest.mark.assignment_conv
-def test_col2im_with_equals_passes_the_2x2_stride_2_case(tmp_path):
-    output = scores(reference_workspace(tmp_path, "conv", "conv.py", COL2IM_WITH_EQUALS))[
-        "col2im"].output
-    assert output.startswith("ok    2x2 kernel, stride 2, no padding\nFAIL  3x3 kernel")
+    assert "in place" in message or ("got " in output and "expected " in output)
 
 
 @pytest.mark.assignment_batchnorm
@@ -177,19 +256,20 @@ def test_missing_variance_term_would_pass_a_sum_of_outputs_check(tmp_path):
 @pytest.mark.parametrize("bug, message", [
     ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    while True:\n        pass\n",
      "timed out after 3 s"),
-    ("from minires.ops.conv import im2col as _reference_im2col\n\n"
-     "def im2col(x, kernel, stride, padding, pad_value=0.0):\n"
-     "    cols = _reference_im2col(x, kernel, stride, padding, pad_value)\n"
-     "    return cols.reshape(cols.shape[0], -1, cols.shape[4] * cols.shape[5])\n",
+    ("import numpy\n\ndef im2col(x, kernel, stride, padding, pad_value=0.0):\n"
+     "    return numpy.zeros((x.shape[0], 12, 4))\n",
      "cols: wrong shape: got (2, 12, 4), expected (2, 3, 2, 2, 2, 2)"),
     ("import os\n\ndef im2col(x, kernel, stride, padding, pad_value=0.0):\n    os._exit(3)\n",
      "died (exit code 3)"),
     ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    return x[5]\n",
      "IndexError: index 5 is out of bounds"),
 ], ids=["infinite-loop", "wrong-shape", "process-dies", "exception"])
-def test_misbehaving_part_costs_that_part_only(tmp_path, bug, message):
+def test_misbehaving_part_costs_that_part_only(tmp_path, monkeypatch, bug, message):
     timeout = 3 if "while True" in bug else TIMEOUT  # short only where a part must time out
-    results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=timeout)
+    if "import os" in bug:  # the screen refuses `os`; let it through to see the process die
+        monkeypatch.setattr(grader, "screen_workspace", lambda directory, assignment: {})
+    results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=timeout,
+                     parts=["im2col", "col2im"])
     assert_only_failing(results, ["im2col"])
     assert message in results["im2col"].verdict, results["im2col"].output
     assert "FAIL  2x2 kernel, stride 2, no padding" in results["im2col"].output
@@ -203,7 +283,7 @@ def test_workspace_files_are_stubbed_with_absolute_imports(tmp_path, name):
     make_workspace(name, tmp_path)
     sources = {f: (tmp_path / f).read_text() for f in assignment.files}
     for source in sources.values():
-        assert "from ." not in source and "from minires.autograd import Function" in source
+        assert "from ." not in source and "from minires" in source
         assert BEGIN not in source and END not in source
     for part in assignment.parts:
         for qualname in part.uses:
@@ -249,6 +329,32 @@ def test_compare_script_runs_on_the_students_ops(tmp_path):
     assert failed.returncode != 0 and "TODO: ReLU.forward" in failed.stderr
     done = subprocess.run(run, cwd=solved, env=env, capture_output=True, text=True, check=True)
     assert "plain-8" in done.stdout and "residual-8" in done.stdout and "ratio" in done.stdout
+    assert "identity shortcut: |dx| = " in done.stdout and "|branch part|" in done.stdout
+
+
+@pytest.mark.assignment_residual
+def test_the_reference_block_backward_by_hand_is_autograds():
+    """block.py's op-by-op backward gives what minires' engine gives for nn.BasicBlock."""
+    rng = np.random.default_rng(0)
+    for in_channels, channels, stride in ((4, 4, 1), (4, 8, 2)):
+        params = block.random_params(rng, in_channels, channels)
+        x = rng.standard_normal((2, in_channels, 6, 6))
+        y, ops = block.block_forward(x, params, stride)
+        gy = rng.standard_normal(y.shape)
+        grads = block.block_backward(gy, ops)
+        module = BasicBlock(in_channels, channels, stride, shortcut="A").train()
+        for layer, name in ((module.conv1, "w1"), (module.conv2, "w2")):
+            layer.weight.data = params[name]
+        for layer, i in ((module.bn1, 1), (module.bn2, 2)):
+            layer.weight.data, layer.bias.data = params[f"gamma{i}"], params[f"beta{i}"]
+        x_tensor = Tensor(x, requires_grad=True)
+        y_module = module(x_tensor)
+        y_module.backward(gy)
+        np.testing.assert_allclose(y, y_module.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dx"], x_tensor.grad.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dx_shortcut"] + grads["dx_branch"], grads["dx"])
+        np.testing.assert_allclose(grads["dw1"], module.conv1.weight.grad.data, atol=1e-12)
+        np.testing.assert_allclose(grads["dgamma2"], module.bn2.weight.grad.data, atol=1e-12)
 
 
 # --- the command line ----------------------------------------------------------------------------
@@ -272,15 +378,19 @@ def test_cli_make_and_grade_write_gradescope_results(tmp_path, capsys):
     assert [line.split() for line in out.splitlines() if line.startswith("total")] == [
         ["total", "0", "/", "10"]]
     results = json.loads(results_json.read_text())
-    assert set(results) == {"score", "tests"} and results["score"] == 0
+    assert set(results) == {"score", "tests", "output", "extra_data"} and results["score"] == 0
+    assert results["extra_data"]["assignment"] == "conv" and results["extra_data"]["seed"] == SEED
+    assert results["extra_data"]["minires_version"] and results["extra_data"]["finished"]
     for test in results["tests"]:
         assert set(test) == {"name", "score", "max_score", "output"}
         assert isinstance(test["output"], str) and test["score"] == 0 < test["max_score"]
     make_workspace("conv", workspace, with_solutions=True, force=True)
     assert main(grade_args + ["--part", "col2im"]) == 0
     results = json.loads(results_json.read_text())
-    assert results == gradescope_results(grade(workspace, seed=SEED, parts=["col2im"])[1])
+    assert results["tests"] == gradescope_results(
+        grade(workspace, seed=SEED, parts=["col2im"])[1])["tests"]
     assert results["score"] == 2 and [t["name"] for t in results["tests"]] == ["col2im"]
+    assert results["extra_data"]["parts"] == ["col2im"]
 
 
 def test_cli_grade_errors(tmp_path):

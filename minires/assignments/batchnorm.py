@@ -7,10 +7,8 @@ term would pass.
 """
 from typing import NamedTuple
 
-from ..autograd import Tensor
-from ..ops import norm as reference
-from .checks import expect_close, expect_gradcheck, expect_gradients, leaf
-from .registry import Assignment, Part, Target
+from .checks import leaf, named_gradients
+from .registry import Assignment, Case, Part, Target
 
 
 class Setting(NamedTuple):
@@ -27,70 +25,69 @@ SETTINGS = (
 )
 
 
-def _inputs(s, rng):
-    """x (mean 3, std 2), gamma, beta (C,), and positive running statistics, all float64."""
+def _inputs(s, rng, running=False):
+    """x (mean 3, std 2), gamma, beta (C,), and (with `running`) positive running statistics."""
     channels = s.x_shape[1]
-    x = 3 + 2 * rng.standard_normal(s.x_shape)
-    gamma, beta = 1 + rng.standard_normal(channels), rng.standard_normal(channels)
-    running = rng.standard_normal(channels), rng.uniform(0.5, 2.0, channels)
-    return x, gamma, beta, running
+    arrays = {"x": 3 + 2 * rng.standard_normal(s.x_shape),
+              "gamma": 1 + rng.standard_normal(channels), "beta": rng.standard_normal(channels)}
+    if running:
+        arrays.update(running_mean=rng.standard_normal(channels),
+                      running_var=rng.uniform(0.5, 2.0, channels))
+    return arrays
 
 
-def _copies(running):
-    """Fresh copies of the running statistics, or (None, None) for an op that keeps none."""
-    return (None, None) if running is None else (running[0].copy(), running[1].copy())
+def _op(impl, s, a, training):
+    """A BatchNorm op of impl.norm (the student's or the reference) on a's running statistics."""
+    return impl.norm.BatchNorm(a.get("running_mean"), a.get("running_var"), training,
+                               s.momentum, s.eps)
 
 
-def _op(module, s, buffers, training):
-    """A BatchNorm op of `module` (the student's or the reference) on the given buffers."""
-    return module.BatchNorm(*buffers, training, s.momentum, s.eps)
+def _xgb(a, wrap=lambda array: array):
+    return [wrap(a[k]) for k in ("x", "gamma", "beta")]
 
 
-def check_forward_train(student, rng):
+def forward_train_cases(rng):
+    def case(s):
+        return Case(f"training, batch statistics, {s.label}", _inputs(s, rng),
+                    lambda impl, a: {"y": _op(impl, s, a, True).apply(*_xgb(a))})
+    return [case(s) for s in SETTINGS]
+
+
+def forward_eval_and_running_stats_cases(rng):
+    def case(s, inputs, training, what):
+        def run(impl, a):
+            y = _op(impl, s, a, training).apply(*_xgb(a))
+            return {"y": y, "running_mean": a["running_mean"], "running_var": a["running_var"]}
+        mutable = ("running_mean", "running_var") if training else ()
+        return Case(f"{what}, {s.label}", inputs, run, mutable=mutable)
+    cases = []
     for s in SETTINGS:
-        yield f"training, batch statistics, {s.label}"
-        x, gamma, beta, _ = _inputs(s, rng)
-        inputs = [Tensor(a) for a in (x, gamma, beta)]
-        expected = _op(reference, s, _copies(None), True).apply(*inputs)
-        expect_close("y", _op(student.norm, s, _copies(None), True).apply(*inputs), expected)
+        inputs = _inputs(s, rng, running=True)
+        cases += [case(s, inputs, True, "training updates the running statistics in place"),
+                  case(s, inputs, False, "evaluation uses (and keeps) the running statistics")]
+    return cases
 
 
-def check_forward_eval_and_running_stats(student, rng):
-    for s in SETTINGS:
-        x, gamma, beta, running = _inputs(s, rng)
-        for training, what in ((True, "training updates the running statistics in place"),
-                               (False, "evaluation uses (and keeps) the running statistics")):
-            yield f"{what}, {s.label}"
-            inputs = [Tensor(a) for a in (x, gamma, beta)]
-            theirs, mine = _copies(running), _copies(running)
-            expected = _op(reference, s, theirs, training).apply(*inputs)
-            expect_close("y", _op(student.norm, s, mine, training).apply(*inputs), expected)
-            expect_close("running_mean", mine[0], theirs[0])
-            expect_close("running_var", mine[1], theirs[1])
+def _backward_cases(rng, training):
+    def case(s):
+        inputs = _inputs(s, rng, running=not training)
+        inputs["gy"] = rng.standard_normal(s.x_shape)
+
+        def run(impl, a):
+            op = _op(impl, s, a, training)
+            op.apply(*_xgb(a, leaf))
+            return named_gradients(("x", "gamma", "beta"), op.backward(a["gy"]))
+        mode = "training" if training else "evaluation"
+        return Case(f"{mode}, {s.label}, random upstream gradient", inputs, run)
+    return [case(s) for s in SETTINGS]
 
 
-def _check_backward(student, rng, training):
-    for s in SETTINGS:
-        yield f"{'training' if training else 'evaluation'}, {s.label}, random upstream gradient"
-        x, gamma, beta, running = _inputs(s, rng)
-        running = None if training else running
-        gy = rng.standard_normal(s.x_shape)
-        expected_op = _op(reference, s, _copies(running), training)
-        expected_op.apply(leaf(x), leaf(gamma), leaf(beta))
-        expected = expected_op.backward(gy.copy())
-        op = _op(student.norm, s, _copies(running), training)
-        op.apply(leaf(x), leaf(gamma), leaf(beta))
-        expect_gradients(("x", "gamma", "beta"), op.backward(gy.copy()), expected)
-        expect_gradcheck(lambda *t: _op(student.norm, s, _copies(running), training).apply(*t),
-                         leaf(x), leaf(gamma), leaf(beta), seed=int(rng.integers(2**31)))
+def backward_train_cases(rng):
+    return _backward_cases(rng, training=True)
 
 
-def check_backward_train(student, rng):
-    yield from _check_backward(student, rng, training=True)
-
-
-def check_backward_eval(student, rng):
-    yield from _check_backward(student, rng, training=False)
+def backward_eval_cases(rng):
+    return _backward_cases(rng, training=False)
 
 
 BATCHNORM_DOC = """
@@ -156,15 +153,15 @@ ASSIGNMENT = Assignment(
     ),
     parts=(
         Part("forward_train", 2, "training forward with batch statistics (reference "
-             "_update_running)", check_forward_train, ("BatchNorm.forward",)),
+             "_update_running)", forward_train_cases, ("BatchNorm.forward",)),
         Part("forward_eval_and_running_stats", 2, "running statistics (momentum, unbiased "
-             "variance) and the evaluation forward", check_forward_eval_and_running_stats,
+             "variance) and the evaluation forward", forward_eval_and_running_stats_cases,
              ("BatchNorm.forward", "BatchNorm._update_running")),
-        Part("backward_train", 4, "training backward against the reference and numerical "
-             "gradients, random upstream gradient", check_backward_train,
+        Part("backward_train", 4, "training backward against the reference, random upstream "
+             "gradient", backward_train_cases,
              ("BatchNorm.forward", "BatchNorm.backward")),
-        Part("backward_eval", 2, "evaluation backward against the reference and numerical "
-             "gradients", check_backward_eval, ("BatchNorm.forward", "BatchNorm.backward")),
+        Part("backward_eval", 2, "evaluation backward against the reference, random "
+             "upstream gradient", backward_eval_cases, ("BatchNorm.forward", "BatchNorm.backward")),
     ),
     notes="Why a random upstream gradient: in training, the gradient of sum(y) with respect to x "
           "is exactly zero (shifting x shifts the mean with it), so a check built on sum(y) "

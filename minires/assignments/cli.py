@@ -1,18 +1,24 @@
-"""`minires assignment list | make | grade`: the classroom commands.
+"""`minires assignment list | make | grade | release | gradescope`: the classroom commands.
 
     minires assignment list
     minires assignment make conv --out hw1
     minires assignment grade hw1 [--json results.json] [--timeout S] [--seed N] [--part NAME]
+    minires assignment release --out student-minires [--keep conv ...]
+    minires assignment gradescope conv --out conv-autograder.zip
 
-`grade` exits 0 with full marks and 1 otherwise; `--json` writes Gradescope's results.json.
+`grade` exits 0 with full marks and 1 otherwise. `--json` writes Gradescope's results.json: once
+before any student code runs (every part 0, "grading did not finish"), then, atomically, the
+scores, so the file never goes missing and never shows marks the grader did not give.
 """
 import argparse
-import json
+import secrets
 from pathlib import Path
 
-from .grader import assignment_of, grade, gradescope_results, table
+from .grader import (PartResult, assignment_of, grade, gradescope_results, table,
+                     write_results)
 from .registry import all_assignments
-from .workspace import make_workspace
+from .release import RELEASE_MARK, gradescope_bundle, release
+from .workspace import PACKAGE_DIR, make_workspace
 
 
 def add_arguments(parser):
@@ -37,9 +43,23 @@ def add_arguments(parser):
     grade_parser.add_argument("--assignment", metavar="NAME",
                               help="which assignment, when the directory has no assignment.json")
 
+    release_parser = actions.add_parser(
+        "release", help="the student copy of minires: every solution removed")
+    release_parser.add_argument("--out", required=True, type=Path, help="directory to write")
+    release_parser.add_argument("--keep", action="append", default=[], metavar="NAME",
+                                help="leave this assignment's solutions in (once it is due; "
+                                     "repeatable)")
+
+    bundle = actions.add_parser("gradescope", help="Gradescope's autograder zip for one assignment")
+    bundle.add_argument("name", help="assignment name")
+    bundle.add_argument("--out", required=True, type=Path, help="the .zip to write")
+    bundle.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="seconds each part may run (default 60)")
+
 
 def run(args):
-    return {"list": run_list, "make": run_make, "grade": run_grade}[args.action](args)
+    return {"list": run_list, "make": run_make, "grade": run_grade, "release": run_release,
+            "gradescope": run_gradescope}[args.action](args)
 
 
 def run_list(_args):
@@ -62,12 +82,37 @@ def run_grade(args):
         raise SystemExit(f"no directory {args.directory}")
     if args.timeout <= 0:
         raise SystemExit(f"--timeout must be positive, got {args.timeout:g}")
+    if (PACKAGE_DIR / RELEASE_MARK).exists():
+        raise SystemExit("this is a student release of minires: it has no reference solutions "
+                         "to grade against. Submit your files to your course's autograder.")
     assignment = assignment_of(args.directory, args.assignment)
     try:
-        seed, results = grade(args.directory, assignment.name, args.seed, args.timeout, args.part)
+        chosen = [assignment.part(p) for p in args.part] if args.part else assignment.parts
     except KeyError as error:  # an unknown --part
         raise SystemExit(error.args[0]) from None
+    seed = secrets.randbits(32) if args.seed is None else args.seed
+    if args.json is not None:  # what the file says if grading never finishes
+        unfinished = [PartResult(p.name, 0, p.points, "grading did not finish",
+                                 "grading did not finish") for p in chosen]
+        write_results(args.json, gradescope_results(unfinished, assignment, seed, False))
+    seed, results = grade(args.directory, assignment.name, seed, args.timeout, args.part)
     print(table(assignment, seed, results))
     if args.json is not None:
-        args.json.write_text(json.dumps(gradescope_results(results), indent=2) + "\n")
+        write_results(args.json, gradescope_results(results, assignment, seed))
     return 0 if all(r.score == r.max_score for r in results) else 1
+
+
+def run_release(args):
+    stubbed = release(args.out, args.keep)
+    print(f"wrote the student release to {args.out}: solutions removed from "
+          f"{', '.join(stubbed)}; tests and tutorials marked as needing them")
+    return 0
+
+
+def run_gradescope(args):
+    if args.timeout <= 0:
+        raise SystemExit(f"--timeout must be positive, got {args.timeout:g}")
+    names = gradescope_bundle(args.name, args.out, args.timeout)
+    print(f"wrote {args.out} ({len(names)} files: setup.sh, run_autograder, minires/); upload it "
+          "as the assignment's autograder on Gradescope")
+    return 0

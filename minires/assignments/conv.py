@@ -6,10 +6,9 @@ padding, a stride that leaves rows over, and a non-square kernel with unequal st
 """
 from typing import NamedTuple
 
-from ..autograd import Tensor
 from ..ops import conv as reference
-from .checks import expect_close, expect_gradcheck, expect_gradients, leaf
-from .registry import Assignment, Part, Target
+from .checks import leaf, named_gradients
+from .registry import Assignment, Case, Part, Target
 
 
 class Geometry(NamedTuple):
@@ -38,61 +37,58 @@ GEOMETRIES = (
 OUT_CHANNELS = 4
 
 
-def check_im2col(student, rng):
-    for g in GEOMETRIES:
-        yield g.label
-        x = rng.standard_normal(g.x_shape)
-        expected = reference.im2col(x, g.kernel, g.stride, g.padding)
-        expect_close("cols", student.conv.im2col(x, g.kernel, g.stride, g.padding), expected)
+def _im2col_case(label, x, g, **settings):
+    return Case(label, {"x": x}, lambda impl, a: {
+        "cols": impl.conv.im2col(a["x"], g.kernel, g.stride, g.padding, **settings)})
+
+
+def im2col_cases(rng):
+    cases = [_im2col_case(g.label, rng.standard_normal(g.x_shape), g) for g in GEOMETRIES]
     g = GEOMETRIES[1]
-    yield "3x3 kernel, padding 1 with pad_value=-inf (as max pooling pads)"
-    x = rng.standard_normal(g.x_shape)
-    settings = dict(kernel=g.kernel, stride=g.stride, padding=g.padding, pad_value=-float("inf"))
-    expected = reference.im2col(x, **settings)
-    expect_close("cols", student.conv.im2col(x, **settings), expected)
+    return cases + [_im2col_case("3x3 kernel, padding 1 with pad_value=-inf (as max pooling pads)",
+                                 rng.standard_normal(g.x_shape), g, pad_value=-float("inf"))]
 
 
-def check_col2im(student, rng):
-    for g in GEOMETRIES:
-        yield g.label
-        cols = rng.standard_normal(g.cols_shape())
-        expected = reference.col2im(cols, g.x_shape, g.stride, g.padding)
-        expect_close("x", student.conv.col2im(cols, g.x_shape, g.stride, g.padding), expected)
+def col2im_cases(rng):
+    def case(g):
+        return Case(g.label, {"cols": rng.standard_normal(g.cols_shape())}, lambda impl, a: {
+            "x": impl.conv.col2im(a["cols"], g.x_shape, g.stride, g.padding)})
+    return [case(g) for g in GEOMETRIES]
 
 
 def _conv_inputs(g, rng, bias):
     """x, w and (with bias) b for geometry g, as float64 arrays."""
-    x = rng.standard_normal(g.x_shape)
-    w = rng.standard_normal((OUT_CHANNELS, g.x_shape[1], *g.kernel))
-    return (x, w, rng.standard_normal(OUT_CHANNELS)) if bias else (x, w)
+    arrays = {"x": rng.standard_normal(g.x_shape),
+              "w": rng.standard_normal((OUT_CHANNELS, g.x_shape[1], *g.kernel))}
+    if bias:
+        arrays["b"] = rng.standard_normal(OUT_CHANNELS)
+    return arrays
 
 
 def _label(g, bias):
     return f"{g.label}, {'with' if bias else 'no'} bias"
 
 
-def check_conv2d_forward(student, rng):
-    for i, g in enumerate(GEOMETRIES):
-        bias = i > 0
-        yield _label(g, bias)
-        inputs = [Tensor(a) for a in _conv_inputs(g, rng, bias)]
-        expected = reference.Conv2d(g.stride, g.padding, has_bias=bias).apply(*inputs)
-        expect_close("y", student.conv.Conv2d(g.stride, g.padding, has_bias=bias).apply(*inputs), expected)
+def conv2d_forward_cases(rng):
+    def case(g, bias):
+        return Case(_label(g, bias), _conv_inputs(g, rng, bias), lambda impl, a: {
+            "y": impl.conv.Conv2d(g.stride, g.padding, has_bias=bias).apply(*a.values())})
+    return [case(g, i > 0) for i, g in enumerate(GEOMETRIES)]
 
 
-def check_conv2d_backward(student, rng):
-    for i, g in enumerate(GEOMETRIES):
-        bias = i > 0
-        yield _label(g, bias)
-        arrays = _conv_inputs(g, rng, bias)
-        expected_op = reference.Conv2d(g.stride, g.padding, has_bias=bias)
-        gy = rng.standard_normal(expected_op.apply(*map(leaf, arrays)).shape)
-        expected = expected_op.backward(gy.copy())
-        op = student.conv.Conv2d(g.stride, g.padding, has_bias=bias)
-        op.apply(*map(leaf, arrays))
-        expect_gradients(("x", "w", "b")[:len(arrays)], op.backward(gy.copy()), expected)
-        expect_gradcheck(lambda *t: student.conv.Conv2d(g.stride, g.padding, has_bias=bias).apply(*t),
-                         *map(leaf, arrays), seed=int(rng.integers(2**31)))
+def conv2d_backward_cases(rng):
+    def case(g, bias):
+        inputs = _conv_inputs(g, rng, bias)
+        n, _, h, w = g.x_shape
+        oh, ow = (reference.output_size(*a) for a in zip((h, w), g.kernel, g.stride, g.padding))
+        inputs["gy"] = rng.standard_normal((n, OUT_CHANNELS, oh, ow))
+
+        def run(impl, a):
+            op = impl.conv.Conv2d(g.stride, g.padding, has_bias="b" in a)
+            op.apply(*(leaf(a[k]) for k in ("x", "w", "b") if k in a))
+            return named_gradients(("x", "w", "b")[:len(a) - 1], op.backward(a["gy"]))
+        return Case(f"{_label(g, bias)}, random upstream gradient", inputs, run)
+    return [case(g, i > 0) for i, g in enumerate(GEOMETRIES)]
 
 
 IM2COL_DOC = """
@@ -163,13 +159,13 @@ ASSIGNMENT = Assignment(
     ),
     parts=(
         Part("im2col", 2, "im2col against the reference, on every window geometry",
-             check_im2col, ("im2col",)),
+             im2col_cases, ("im2col",)),
         Part("col2im", 2, "col2im against the reference; overlapping windows must add up",
-             check_col2im, ("col2im",)),
+             col2im_cases, ("col2im",)),
         Part("conv2d_forward", 2, "Conv2d.forward against the reference (your forward with the "
-             "reference im2col)", check_conv2d_forward, ("Conv2d.forward",)),
-        Part("conv2d_backward", 4, "Conv2d.backward against the reference and numerical gradients "
-             "(reference im2col/col2im)", check_conv2d_backward,
+             "reference im2col)", conv2d_forward_cases, ("Conv2d.forward",)),
+        Part("conv2d_backward", 4, "Conv2d.backward against the reference, random upstream "
+             "gradient (reference im2col/col2im)", conv2d_backward_cases,
              ("Conv2d.forward", "Conv2d.backward")),
     ),
     notes="The max and average pooling ops in `conv.py` call your `im2col` and `col2im` too: "

@@ -1,32 +1,50 @@
-"""`minires assignment grade`: every part of a workspace in its own process, one score each.
+"""`minires assignment grade`: every part of a workspace in its own sandboxed process, one score
+each, decided in the grader's own process.
 
-A part runs in a child process (fork on Linux, spawn elsewhere) with a time limit, so student code
-that crashes, loops forever or kills its process costs that part only. The child loads the
-student's files by path, puts minires' reference in place of the targets the part does not grade,
-and runs the part's cases on inputs drawn from (seed, part index): a fresh seed every run unless
-one is given. A part scores all its points when every case passes, none otherwise; its output names
-each case checked and, for the first failure, why.
+The trust boundary. Student code never runs in the process that decides the score, and nothing it
+makes is unpickled there:
+
+1. Before anything runs, each student file is screened (guard.py): a file that imports minires'
+   reference modules or the grader, or introspects frames, is refused with a message, and the
+   parts that need it score 0. A missing file scores 0 for its parts; it is never filled in.
+2. Each part runs in a fresh interpreter (`sys.executable -P -m minires.assignments.sandbox`, never
+   a fork of this process, so threads here cannot hang it) in a new session, under CPU, memory,
+   file-size and process limits, isolated as isolation.py describes, with a wall-clock timeout.
+3. The child writes plain arrays only (`case<i>.npz`); once it and everything it started are
+   dead, the grader loads them with `allow_pickle=False`, draws the same cases from the same seed,
+   computes the expected values with minires' reference itself, and compares.
+
+A part scores all its points when every case passes, none otherwise; its output names each case
+checked and, for the first failure, why.
 """
 import json
-import multiprocessing
+import sys
 import os
 import secrets
-import sys
+import shutil
+import tempfile
 import textwrap
-import time
 import traceback
+import zipfile
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from .checks import Failure
+from .checks import Failure, compare_case
+from .guard import screen_file
+from .isolation import isolation_summary, reaper, run_isolated, sandbox_uid
 from .registry import get
-from .student import load_workspace
-from .workspace import MANIFEST
+from .sandbox import ERROR_FILE, case_file
+from .student import load_module
+from .workspace import MANIFEST, reference_module_name, workspace_source
 
-OUTPUT_LIMIT = 4000  # characters of a part's output kept (a traceback can be long)
+OUTPUT_LIMIT = 4000         # characters of a part's output kept (a traceback can be long)
+RESULT_BYTES = 64 * 2**20   # the most a case's .npz may hold, unpacked, for the grader to read it
+LIMITS = dict(cpu_slack=5, address_space=4 * 2**30, file_size=RESULT_BYTES, open_files=256,
+              processes=64)
 
 
 @dataclass
@@ -50,112 +68,217 @@ def assignment_of(directory, name=None):
 
 
 def grade(directory, name=None, seed=None, timeout=60.0, parts=None):
-    """Grade the workspace in `directory`; returns (seed, [PartResult]) for the chosen parts."""
+    """Grade the workspace in `directory`; returns (seed, [PartResult]) for the chosen parts.
+
+    On Linux this process is a child subreaper while it grades (isolation.reaper), and is
+    restored after.
+    """
     assignment = assignment_of(directory, name)
     seed = secrets.randbits(32) if seed is None else seed
     chosen = [assignment.part(p) for p in parts] if parts else list(assignment.parts)
-    results = []
-    for part in chosen:
-        passed, verdict, output = run_in_process(assignment.name, part.name, directory, seed,
-                                                 timeout)
-        results.append(PartResult(part.name, part.points if passed else 0, part.points, verdict,
-                                  output[:OUTPUT_LIMIT]))
+    problems = screen_workspace(Path(directory), assignment)
+    with reaper():
+        results = [grade_part(assignment, part, Path(directory), seed, timeout, problems)
+                   for part in chosen]
     return seed, results
 
 
-def run_in_process(assignment_name, part_name, directory, seed, timeout):
-    """(passed, verdict, output) of one part, run in a child process given `timeout` seconds.
+def screen_workspace(directory, assignment):
+    """{file: why it cannot be graded} for the assignment's missing or refused files."""
+    problems = {}
+    for filename in assignment.files:
+        path = directory / filename
+        if path.is_symlink():  # it could point at anything the grader may read
+            problems[filename] = f"refused: {filename} is a link; submit the file itself"
+            continue
+        if not path.is_file():
+            problems[filename] = (f"{filename} is missing from your submission (was it renamed "
+                                  "or moved into a folder?); its parts score 0")
+            continue
+        handed_out = workspace_source(filename, assignment.targets)
+        refusals = screen_file(path.read_text(errors="replace"), filename, handed_out)
+        if refusals:
+            problems[filename] = "refused: " + "\n".join(refusals)
+    return problems
 
-    The child sends each case's name as the case starts, then the result, so a timeout or a
-    crash is reported against the case that was running.
-    """
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    receiver, sender = context.Pipe(duplex=False)
-    sys.stdout.flush()  # else a forked child flushes a copy of what is still buffered
-    sys.stderr.flush()
-    child = context.Process(target=_child, daemon=True,
-                            args=(assignment_name, part_name, str(directory), seed, sender))
-    child.start()
-    sender.close()  # so the child's exit shows as end-of-file here
-    deadline, seen = time.monotonic() + timeout, []
+
+def grade_part(assignment, part, directory, seed, timeout, problems):
+    """One PartResult: refuse it, or run it in a sandbox and compare what came back."""
+    blocking = [problems[f] for f in assignment.files_of(part) if f in problems]
+    if blocking:
+        passed, verdict, output = _failed([], "\n".join(blocking))
+    else:
+        passed, verdict, output = run_sandboxed(assignment, part, directory, seed, timeout)
+    return PartResult(part.name, part.points if passed else 0, part.points, verdict,
+                      output[:OUTPUT_LIMIT])
+
+
+def run_sandboxed(assignment, part, directory, seed, timeout):
+    """(passed, verdict, output) of one part: the student's files copied into a fresh directory,
+    the child run there, then its arrays compared with the reference's, case by case."""
+    root = Path(tempfile.mkdtemp(prefix="minires-grade-"))
     try:
-        while receiver.poll(max(0.0, deadline - time.monotonic())):
-            message = receiver.recv()
-            if not isinstance(message, str):
-                return message
-            seen.append(message)
-        return _failed(seen, f"timed out after {timeout:g} s (an infinite loop?)")
-    except EOFError:
-        child.join()
-        return _failed(seen, f"the process running your code died (exit code {child.exitcode})")
+        work, out = root / "work", root / "out"
+        work.mkdir()
+        out.mkdir()
+        for filename in assignment.files_of(part):
+            shutil.copyfile(directory / filename, work / filename)
+        uid = sandbox_uid()
+        if uid is not None:  # the child, as nobody, reads work/ and writes out/ only
+            os.chmod(root, 0o711)
+            os.chmod(work, 0o755)
+            for path in work.iterdir():
+                os.chmod(path, 0o644)
+            os.chown(out, uid, uid)
+        spec = root / "spec.json"
+        spec.write_text(json.dumps({
+            "assignment": assignment.name, "part": part.name, "seed": seed, "uid": uid,
+            "directory": str(work), "out": str(out), "limits": child_limits(timeout)}))
+        os.chmod(spec, 0o644)
+        code, _ = run_isolated([sys.executable, "-P", "-m", "minires.assignments.sandbox",
+                                str(spec)], cwd=out, log=root / "log", timeout=timeout)
+        return judge(assignment, part, seed, out, code, timeout, root / "log")
     finally:
-        _stop(child)
-        receiver.close()
+        shutil.rmtree(root, ignore_errors=True)
 
 
-def _stop(child):
-    if child.is_alive():
-        child.terminate()
-        child.join(1)
-    if child.is_alive():
-        child.kill()
-    child.join()
+def child_limits(timeout):
+    """The rlimits the child sets on itself (sandbox.limit_resources)."""
+    limits = {"cpu": int(timeout) + LIMITS["cpu_slack"], "as": LIMITS["address_space"],
+              "fsize": LIMITS["file_size"], "nofile": LIMITS["open_files"]}
+    if sandbox_uid() is not None:  # RLIMIT_NPROC counts a user's processes: only ours to count
+        limits["nproc"] = LIMITS["processes"]
+    return limits
 
 
-def _child(assignment_name, part_name, directory, seed, sender):
-    """Run one part, sending each case's name and then (passed, verdict, output); never raises."""
-    os.environ["MINIRES_DEVICE"] = "cpu"  # grading compares NumPy arrays
-    assignment = get(assignment_name)
-    part = assignment.part(part_name)
-    rng = np.random.default_rng([seed, assignment.parts.index(part)])
-    try:
-        sender.send(run_part(assignment, part, directory, rng, on_case=sender.send))
-    except BaseException as error:  # a result that cannot be sent, or a KeyboardInterrupt
-        sender.send(_failed([], f"grader error: {type(error).__name__}: {error}"))
-    finally:
-        sender.close()
-
-
-def run_part(assignment, part, directory, rng, on_case=None):
-    """(passed, verdict, output) for one part, in this process. The output lists the cases
-    checked; a failure ends it with the failing case and why, and the verdict is its first line.
-    `on_case(name)` is called as each case starts."""
+def judge(assignment, part, seed, out, code, timeout, log):
+    """Compare each case's arrays with the reference; the first failure ends the part."""
+    cases = part.cases(np.random.default_rng([seed, assignment.parts.index(part)]))
+    reference = reference_impl(assignment)
     seen = []
+    for index, case in enumerate(cases):
+        seen.append(case.name)
+        try:
+            got = read_arrays(out / case_file(index))
+            if got is None:
+                return _failed(seen, _why_no_result(out, code, timeout, log))
+            inputs = {name: array.copy() for name, array in case.inputs.items()}
+            compare_case(case, got, case.run(reference, inputs))
+        except Failure as failure:
+            return _failed(seen, str(failure))
+    return True, "ok", "\n".join(f"ok    {name}" for name in seen)
+
+
+def read_arrays(path):
+    """{name: array} from a child's .npz (no pickles), None if it wrote none; a Failure if it is
+    not a plain-array .npz of reasonable size."""
+    if not path.is_file():
+        return None
     try:
-        student = load_workspace(directory, assignment.files)
-        use_reference_for_the_rest(student, assignment, part)
-        for case in part.check(student, rng):  # yields each case's name, then checks it
-            seen.append(case)
-            if on_case is not None:
-                on_case(case)
-    except Failure as failure:
-        return _failed(seen, str(failure))
-    except BaseException as error:  # student code may raise anything, SystemExit included
-        return _failed(seen, describe_error(error, directory))
-    return True, "ok", "\n".join(f"ok    {case}" for case in seen)
+        with zipfile.ZipFile(path) as members:  # declared sizes cap what decompression yields
+            unpacked = sum(member.file_size for member in members.infolist())
+        if max(unpacked, path.stat().st_size) > RESULT_BYTES:
+            raise Failure(f"your code's result holds {unpacked} bytes; the grader reads at most "
+                          f"{RESULT_BYTES}")
+        with np.load(path, allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except Failure:
+        raise
+    except Exception as error:  # a truncated or forged file: that part's loss, not the grader's
+        raise Failure(f"your code's process wrote a result the grader cannot read as plain "
+                      f"arrays ({type(error).__name__}: {error})") from None
+
+
+def _why_no_result(out, code, timeout, log):
+    error = _read_text(out / ERROR_FILE)
+    if error:
+        return error
+    if code is None:
+        return f"timed out after {timeout:g} s (an infinite loop?)"
+    tail = _read_text(log)[-800:].strip()
+    return (f"the process running your code died (exit code {code}) before this case finished"
+            + (f"; its last output:\n{tail}" if tail else ""))
+
+
+def _read_text(path, limit=OUTPUT_LIMIT * 4):
+    try:
+        with open(path, "rb") as file:
+            return file.read(limit).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _failed(seen, message):
     failing = seen[-1] if seen else "loading your files"
     lines = [f"ok    {case}" for case in seen[:-1]] + [f"FAIL  {failing}",
                                                        textwrap.indent(message, "      ")]
-    return False, message.splitlines()[0], "\n".join(lines)
+    return False, message.splitlines()[0] if message else "failed", "\n".join(lines)
 
 
-def use_reference_for_the_rest(student, assignment, part):
+# --- what `impl` is on each side -----------------------------------------------------------------
+
+def reference_impl(assignment):
+    """minires' own modules, by workspace file stem: impl.conv is minires.ops.conv."""
+    return SimpleNamespace(**{Path(f).stem: import_module(reference_module_name(f))
+                              for f in assignment.files})
+
+
+def student_impl(directory, assignment, part):
+    """In the sandbox: the student's files the part needs, the reference for what it does not
+    grade, and this process's copy of every graded reference made unusable first (so that even
+    an import the screen missed finds no answer)."""
+    files = assignment.files_of(part)
+    hide_graded_references(assignment, part)
+    impl = SimpleNamespace(**{Path(f).stem: load_module(Path(directory) / f) for f in files})
+    for filename in assignment.files:
+        if filename not in files:  # a part that needs no student code from this file
+            setattr(impl, Path(filename).stem, import_module(reference_module_name(filename)))
+    use_reference_for_the_rest(impl, assignment, part)
+    return impl
+
+
+def use_reference_for_the_rest(impl, assignment, part):
     """Put minires' reference in place of every target function this part does not grade."""
     for target in assignment.targets:
-        if target.qualname in part.uses:
+        if target.qualname in part.uses or target.file not in assignment.files_of(part):
             continue
-        module = getattr(student, Path(target.file).stem)
-        reference = import_module(f"minires.ops.{Path(target.file).stem}")
-        owner, ref_owner, attribute = module, reference, target.qualname
-        if "." in target.qualname:
-            class_name, attribute = target.qualname.split(".")
-            owner, ref_owner = getattr(module, class_name), getattr(reference, class_name)
+        module = getattr(impl, Path(target.file).stem)
+        reference = import_module(reference_module_name(target.file))
+        owner, ref_owner, attribute = _owners(module, reference, target.qualname)
         replacement = ref_owner.__dict__[attribute]
         if not isinstance(replacement, type):  # a class target only replaces a docstring
             setattr(owner, attribute, replacement)
+
+
+def hide_graded_references(assignment, part):
+    """Replace, in this (sandboxed) process only, each reference function the part grades with
+    one that raises: reaching it through minires (Tensor.relu, functional) finds no answer."""
+    from .. import functional
+
+    for target in assignment.targets:
+        if target.qualname not in part.uses:
+            continue
+        reference = import_module(reference_module_name(target.file))
+        _, owner, attribute = _owners(reference, reference, target.qualname)
+        original = owner.__dict__[attribute]
+        if isinstance(original, type):
+            continue
+
+        def hidden(*_args, _name=target.qualname, **_kwargs):
+            raise RuntimeError(f"minires' reference {_name} is not available while your "
+                               f"{_name} is graded")
+        setattr(owner, attribute, hidden)
+        for name, value in list(vars(functional).items()):
+            if value is original:
+                setattr(functional, name, hidden)
+
+
+def _owners(module, reference, qualname):
+    """(student owner, reference owner, attribute) of a qualname: 'f' or 'Class.method'."""
+    if "." not in qualname:
+        return module, reference, qualname
+    class_name, attribute = qualname.split(".")
+    return getattr(module, class_name), getattr(reference, class_name), attribute
 
 
 def describe_error(error, directory):
@@ -171,6 +294,8 @@ def describe_error(error, directory):
     return (f"{message}\nat {Path(frame.filename).name}, line {frame.lineno}, in "
             f"{frame.name}: {frame.line}")
 
+
+# --- reporting -----------------------------------------------------------------------------------
 
 def table(assignment, seed, results):
     """The score table, then every failing part's output."""
@@ -188,8 +313,29 @@ def table(assignment, seed, results):
     return "\n".join(lines)
 
 
-def gradescope_results(results):
-    """Gradescope's results.json: {"score": total, "tests": [{name, score, max_score, output}]}."""
-    return {"score": sum(r.score for r in results),
-            "tests": [{"name": r.name, "score": r.score, "max_score": r.max_score,
-                       "output": r.output} for r in results]}
+def gradescope_results(results, assignment=None, seed=None, finished=True):
+    """Gradescope's results.json: {"score", "tests": [{name, score, max_score, output}], ...};
+    with `assignment`, also what was graded: the assignment, each part, the seed, the version."""
+    from .. import __version__
+
+    report = {"score": sum(r.score for r in results),
+              "tests": [{"name": r.name, "score": r.score, "max_score": r.max_score,
+                         "output": r.output} for r in results]}
+    if assignment is not None:
+        status = "graded" if finished else "grading did not finish: every part scores 0"
+        report["output"] = (f"minires {__version__}, assignment {assignment.number} "
+                            f"({assignment.name}), seed {seed}: {status}")
+        report["extra_data"] = {"assignment": assignment.name, "seed": seed,
+                                "minires_version": __version__, "finished": finished,
+                                "parts": [r.name for r in results],
+                                "isolation": isolation_summary()}
+    return report
+
+
+def write_results(path, report):
+    """Write results.json atomically: a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(temporary, path)

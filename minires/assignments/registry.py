@@ -4,11 +4,13 @@ A `Target` names a function or class in one of minires' op files (minires/ops/<f
 student's copy its docstring is replaced by `doc` (shapes and math), and, for a function, the lines
 between `# BEGIN SOLUTION` and `# END SOLUTION` become `raise NotImplementedError("TODO: ...")`.
 
-A `Part` is graded on its own: `check(student, rng)` is a generator that yields the name of each
-case before checking it, so a failure or a crash is reported against that case; it raises
-`checks.Failure` on a wrong answer. While a part runs, every function target that is not in its
-`uses` is replaced by minires' reference, so one mistake costs one part (a backward still runs the
-student's forward, which saves what it needs).
+A `Part` is graded on its own: `cases(rng)` draws its `Case`s. A case is plain arrays in, plain
+arrays out: `run(impl, inputs)` calls the op under test through `impl` (a namespace of modules,
+`impl.conv`, `impl.norm`, ...) and returns the arrays to compare. The grader draws the same cases
+twice from the same seed: in a sandboxed child, where `impl` holds the student's files, and in its
+own process, where `impl` holds minires' reference; it compares the two itself. While a part runs,
+every function target that is not in its `uses` is minires' reference in the child, so one mistake
+costs one part (a backward still runs the student's forward, which saves what it needs).
 """
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,9 +18,19 @@ from typing import Callable
 
 @dataclass(frozen=True)
 class Target:
-    file: str      # op file under minires/ops, e.g. "conv.py"
+    file: str      # a file of minires: "conv.py" (minires/ops/conv.py) or "autograd.py"
     qualname: str  # "im2col", "Conv2d.forward", or a class ("Conv2d") for its docstring only
     doc: str       # the docstring the student sees: shapes and math
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str        # what the student reads: "3x3 kernel, stride 1, padding 1"
+    inputs: dict     # name -> NumPy array: the same values in the child and in the grader
+    run: Callable    # run(impl, inputs) -> {output name: array}; may raise checks.Failure
+    tolerance: dict = field(default_factory=dict)  # rtol/atol for checks.expect_close
+    mutable: tuple = ()  # inputs the op is meant to change in place (running statistics)
+    check: Callable = None  # check(got, expected) in the grader, where no single answer exists
 
 
 @dataclass(frozen=True)
@@ -26,7 +38,7 @@ class Part:
     name: str
     points: int
     description: str
-    check: Callable  # check(student, rng) -> generator of case names
+    cases: Callable  # cases(rng) -> [Case]
     uses: tuple      # qualnames of the student's code this part runs
 
 
@@ -35,7 +47,7 @@ class Assignment:
     number: int
     name: str
     summary: str
-    files: tuple     # op files copied into the workspace
+    files: tuple     # minires files copied into the workspace
     targets: tuple
     parts: tuple
     notes: str = ""  # extra README text (markdown)
@@ -44,6 +56,11 @@ class Assignment:
     @property
     def points(self):
         return sum(p.points for p in self.parts)
+
+    def files_of(self, part):
+        """The workspace files `part` runs the student's code from."""
+        return tuple(f for f in self.files
+                     if any(t.file == f and t.qualname in part.uses for t in self.targets))
 
     def part(self, name):
         for p in self.parts:
@@ -55,9 +72,10 @@ class Assignment:
 
 def all_assignments():
     """{name: Assignment} in course order (imported here, so the registry has no import cycle)."""
-    from . import batchnorm, conv, residual
+    from . import batchnorm, conv, engine, residual
 
-    return {a.name: a for a in (conv.ASSIGNMENT, batchnorm.ASSIGNMENT, residual.ASSIGNMENT)}
+    return {a.name: a for a in (engine.ASSIGNMENT, conv.ASSIGNMENT, batchnorm.ASSIGNMENT,
+                                residual.ASSIGNMENT)}
 
 
 def get(name):

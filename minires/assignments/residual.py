@@ -1,17 +1,20 @@
-"""Assignment 3, residual: ReLU and the residual add, then a whole BasicBlock running on them.
+"""Assignment 3, residual: ReLU, the residual add, the option-A shortcut's backward, and a
+BasicBlock's backward by hand, with the "+1" split it makes.
 
 ReLU's derivative at exactly 0 is taken as 0, as in PyTorch; the inputs contain exact zeros, so a
-mask written `x >= 0` fails. The last part builds a BasicBlock whose every ReLU and residual add is
-the student's (patched into minires.functional) and compares its gradients with the reference
-block's, bit-close. The workspace ends with compare_gradients.py: plain versus residual networks
-on the student's own ops.
+mask written `x >= 0` fails. basic_block_backward builds a BasicBlock whose every ReLU and
+residual add is the student's (patched into minires.functional) and compares its gradients with
+the reference block's, bit-close. Then the student writes the block's whole backward by hand
+(block.py: op by op, in reverse, over the ops the forward kept), which must give every gradient
+and the split dL/dx = shortcut part + branch part. The workspace ends with compare_gradients.py:
+plain versus residual networks on the student's own ops, and the split from the student's code.
 """
 import numpy as np
 
 from ..nn import BasicBlock
-from ..ops import activation, residual
-from .checks import Failure, expect_close, expect_gradcheck, expect_gradients, leaf
-from .registry import Assignment, Part, Target
+from . import block as reference_block
+from .checks import Failure, leaf, named_gradients
+from .registry import Assignment, Case, Part, Target
 from .student import student_ops
 
 SHAPES = ((2, 3, 4, 4), (5, 6))
@@ -31,53 +34,48 @@ def _away_from_zero(rng, shape):
     return x + 0.1 * np.sign(x)
 
 
-def check_relu_forward(student, rng):
-    for shape in SHAPES:
-        yield f"x of shape {shape} with exact zeros"
-        x = _with_zeros(rng, shape)
-        expected = activation.ReLU().apply(x)
-        expect_close("y", student.activation.ReLU().apply(x), expected)
+def relu_forward_cases(rng):
+    def case(shape):
+        return Case(f"x of shape {shape} with exact zeros", {"x": _with_zeros(rng, shape)},
+                    lambda impl, a: {"y": impl.activation.ReLU().apply(a["x"])})
+    return [case(shape) for shape in SHAPES]
 
 
-def check_relu_backward(student, rng):
+def _relu_backward(impl, a):
+    op = impl.activation.ReLU()
+    op.apply(leaf(a["x"]))
+    return named_gradients(("x",), op.backward(a["gy"]))
+
+
+def relu_backward_cases(rng):
+    cases = []
     for shape in SHAPES:
         for label, x in ((f"x of shape {shape} away from 0", _away_from_zero(rng, shape)),
                          (f"x of shape {shape} with exact zeros (relu'(0) = 0)",
                           _with_zeros(rng, shape))):
-            yield f"{label}, random upstream gradient"
-            gy = rng.standard_normal(shape)
-            expected_op = activation.ReLU()
-            expected_op.apply(leaf(x))
-            expected = expected_op.backward(gy.copy())
-            op = student.activation.ReLU()
-            op.apply(leaf(x))
-            expect_gradients(("x",), op.backward(gy.copy()), expected)
-            if not (x == 0).any():
-                expect_gradcheck(lambda t: student.activation.ReLU().apply(t), leaf(x),
-                                 seed=int(rng.integers(2**31)))
+            cases.append(Case(f"{label}, random upstream gradient",
+                              {"x": x, "gy": rng.standard_normal(shape)}, _relu_backward))
+    return cases
 
 
-def check_residual_add_forward(student, rng):
-    for shape in SHAPES:
-        yield f"shortcut and branch of shape {shape}"
-        inputs = rng.standard_normal(shape), rng.standard_normal(shape)
-        expected = residual.ResidualAdd().apply(*inputs)
-        expect_close("y", student.residual.ResidualAdd().apply(*inputs), expected)
+def residual_add_forward_cases(rng):
+    def case(shape):
+        inputs = {"shortcut": rng.standard_normal(shape), "branch": rng.standard_normal(shape)}
+        return Case(f"shortcut and branch of shape {shape}", inputs, lambda impl, a: {
+            "y": impl.residual.ResidualAdd().apply(a["shortcut"], a["branch"])})
+    return [case(shape) for shape in SHAPES]
 
 
-def check_residual_add_backward(student, rng):
-    for shape in SHAPES:
-        yield f"shortcut and branch of shape {shape}, random upstream gradient"
-        inputs = rng.standard_normal(shape), rng.standard_normal(shape)
-        gy = rng.standard_normal(shape)
-        expected_op = residual.ResidualAdd()
-        expected_op.apply(*map(leaf, inputs))
-        expected = expected_op.backward(gy.copy())
-        op = student.residual.ResidualAdd()
-        op.apply(*map(leaf, inputs))
-        expect_gradients(("shortcut", "branch"), op.backward(gy.copy()), expected)
-        expect_gradcheck(lambda a, b: student.residual.ResidualAdd().apply(a, b),
-                         *map(leaf, inputs), seed=int(rng.integers(2**31)))
+def _residual_add_backward(impl, a):
+    op = impl.residual.ResidualAdd()
+    op.apply(leaf(a["shortcut"]), leaf(a["branch"]))
+    return named_gradients(("shortcut", "branch"), op.backward(a["gy"]))
+
+
+def residual_add_backward_cases(rng):
+    return [Case(f"shortcut and branch of shape {shape}, random upstream gradient",
+                 {name: rng.standard_normal(shape) for name in ("shortcut", "branch", "gy")},
+                 _residual_add_backward) for shape in SHAPES]
 
 
 BLOCK_INPUT = (2, 4, 6, 6)
@@ -106,21 +104,70 @@ def _block_results(block, x, gy):
     return {"y": y, "dx": x.grad, **{f"d{name}": p.grad for name, p in block.named_parameters()}}
 
 
-def check_basic_block_backward(student, rng):
-    mine = dict(relu=student.activation.relu, residual_add=student.residual.residual_add)
-    for label, config in BLOCKS:
-        yield f"{label}, training mode, random upstream gradient"
-        block = _float64_block(config, int(rng.integers(2**31)))
+def basic_block_backward_cases(rng):
+    def case(label, config, seed):
         size = BLOCK_INPUT[2] // config.get("stride", 1)
-        x = rng.standard_normal(BLOCK_INPUT)
-        gy = rng.standard_normal((BLOCK_INPUT[0], config["channels"], size, size))
-        expected = _block_results(block, x, gy)
-        with student_ops(**mine):
-            got = _block_results(block, x, gy)
-        for name, value in expected.items():
-            if got[name] is None:
-                raise Failure(f"{name}: no gradient got there through your ops")
-            expect_close(name, got[name], value, **BIT_CLOSE)
+        inputs = {"x": rng.standard_normal(BLOCK_INPUT),
+                  "gy": rng.standard_normal((BLOCK_INPUT[0], config["channels"], size, size))}
+
+        def run(impl, a):
+            block = _float64_block(config, seed)
+            with student_ops(relu=impl.activation.relu, residual_add=impl.residual.residual_add):
+                results = _block_results(block, a["x"], a["gy"])
+            return {name: value for name, value in results.items() if value is not None}
+        return Case(f"{label}, training mode, random upstream gradient", inputs, run, BIT_CLOSE)
+    return [case(label, config, int(rng.integers(2**31))) for label, config in BLOCKS]
+
+
+PAD_SETTINGS = (((2, 3, 4, 4), 5, 1, "3 -> 5 channels, stride 1"),
+                ((2, 4, 6, 6), 8, 2, "4 -> 8 channels, stride 2 (the CIFAR ResNets' option A)"),
+                ((1, 2, 5, 5), 6, 2, "2 -> 6 channels, stride 2, odd height and width"))
+
+
+def pad_channels_backward_cases(rng):
+    def case(shape, out_channels, stride, label):
+        n, _, h, w = shape
+        gy_shape = (n, out_channels, -(-h // stride), -(-w // stride))
+        inputs = {"x": rng.standard_normal(shape), "gy": rng.standard_normal(gy_shape)}
+
+        def run(impl, a):
+            op = impl.residual.PadChannels(out_channels, stride)
+            op.apply(leaf(a["x"]))
+            return named_gradients(("x",), op.backward(a["gy"]))
+        return Case(f"{label}, random upstream gradient", inputs, run)
+    return [case(*setting) for setting in PAD_SETTINGS]
+
+
+SPLIT = ("dx_shortcut", "dx_branch")
+
+
+def _block_cases(rng, wanted):
+    """Cases for block.block_backward: the reference block_forward keeps the ops, the student's
+    block_backward walks them back; `wanted(name)` picks the gradients this part compares."""
+    def case(label, config):
+        stride, channels = config.get("stride", 1), config["channels"]
+        size = BLOCK_INPUT[2] // stride
+        inputs = {"x": rng.standard_normal(BLOCK_INPUT),
+                  **reference_block.random_params(rng, config["in_channels"], channels),
+                  "gy": rng.standard_normal((BLOCK_INPUT[0], channels, size, size))}
+
+        def run(impl, a):
+            params = {k: v for k, v in a.items() if k not in ("x", "gy")}
+            _, ops = reference_block.block_forward(a["x"], params, stride)
+            grads = impl.block.block_backward(a["gy"], ops)
+            if not isinstance(grads, dict):
+                raise Failure(f"block_backward returned {type(grads).__name__}, expected a dict")
+            return {name: value for name, value in grads.items() if wanted(name)}
+        return Case(f"{label}, random upstream gradient", inputs, run, BIT_CLOSE)
+    return [case(label, config) for label, config in BLOCKS]
+
+
+def block_backward_by_hand_cases(rng):
+    return _block_cases(rng, lambda name: name not in SPLIT)
+
+
+def plus_one_split_cases(rng):
+    return _block_cases(rng, lambda name: name in SPLIT)
 
 
 RELU_FORWARD_DOC = """
@@ -149,6 +196,33 @@ residual block: through an identity shortcut, dL/dx = dL/dy (1 + dF/dx).
 Returns (dshortcut, dbranch), each of gy's shape.
 """
 
+PAD_BACKWARD_DOC = """
+TODO: dx for the option-A shortcut y = pad_channels(x), given gy = dL/dy.
+
+Forward: y[:, before + c, i, j] = x[:, c, s*i, s*j] for the C channels of x (s = stride,
+before = self.before zero channels in front), and y is 0 in every other channel.
+So dL/dx[:, c, s*i, s*j] = gy[:, before + c, i, j], and dL/dx = 0 at every pixel the stride
+skipped: the padded channels and the skipped pixels send no gradient back.
+self.x_shape and self.before were saved by forward. Returns dx of x's shape.
+"""
+
+BLOCK_BACKWARD_DOC = """
+TODO: every gradient of the block, op by op in reverse, given gy = dL/dy.
+
+y = relu2(add(shortcut(x), F(x))),  F = bn2(conv2(relu1(bn1(conv1(x))))). ops holds each op as
+block_forward ran it ("conv1", "bn1", "relu1", "conv2", "bn2", "shortcut" (None: identity),
+"add", "relu2"); op.backward(g) gives its input gradient(s) (conv: (dx, dw); batch norm:
+(dx, dgamma, dbeta); add: (dshortcut, dbranch)). Chain rule, from the output back:
+
+    g = relu2'(gy);  (g_s, g_b) = add'(g) = (g, g)
+    branch: g_b through bn2, conv2, relu1, bn1, conv1 -> dx_branch = (dF/dx)^T g
+    shortcut: dx_shortcut = g_s (identity), or pad_channels' backward of g_s (option A)
+    dx = dx_shortcut + dx_branch          (identity: dL/dx = g (1 + dF/dx), the "+1")
+
+Returns {"dx", "dx_shortcut", "dx_branch", "dw1", "dgamma1", "dbeta1", "dw2", "dgamma2",
+"dbeta2"}.
+"""
+
 SCRIPT = '''"""Assignment 3, last step: plain vs residual networks on YOUR relu and residual add.
 
     python compare_gradients.py          # depths 20 and 56 (a minute or two on a laptop CPU)
@@ -163,18 +237,33 @@ minires.functional, which every minires layer calls.
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from minires.assignments.student import load_workspace, student_ops
 from minires.inspect import compare, summary_lines
 
 HERE = Path(__file__).resolve().parent
 
 
+def plus_one_split(block, rng):
+    """The split of dL/dx at one block at initialisation, from YOUR block_backward."""
+    for channels, stride, label in ((16, 1, "identity shortcut"), (32, 2, "option-A shortcut")):
+        x = rng.standard_normal((8, 16, 16, 16))
+        y, ops = block.block_forward(x, block.random_params(rng, 16, channels), stride)
+        grads = block.block_backward(rng.standard_normal(y.shape), ops)
+        norms = {name: float(np.linalg.norm(grads[name])) for name in
+                 ("dx", "dx_shortcut", "dx_branch")}
+        print(f"{label}: |dx| = {norms['dx']:.3g} = |shortcut part| {norms['dx_shortcut']:.3g}"
+              f" (+) |branch part| {norms['dx_branch']:.3g}")
+
+
 def main(depths):
-    mine = load_workspace(HERE, ["activation.py", "residual.py"])
+    mine = load_workspace(HERE, ["activation.py", "residual.py", "block.py"])
     with student_ops(relu=mine.activation.relu, residual_add=mine.residual.residual_add):
         results, _ = compare(depths, batch_size=8)
     for line in summary_lines(results):
         print(line)
+    plus_one_split(mine.block, np.random.default_rng(0))
 
 
 if __name__ == "__main__":
@@ -184,33 +273,45 @@ if __name__ == "__main__":
 ASSIGNMENT = Assignment(
     number=3,
     name="residual",
-    summary="ReLU, the residual add, and a BasicBlock's backward running on them",
-    files=("activation.py", "residual.py"),
+    summary="ReLU, the residual add, the option-A shortcut's backward, and a BasicBlock's "
+            "backward by hand with its \"+1\" split",
+    files=("activation.py", "residual.py", "block.py"),
     targets=(
         Target("activation.py", "ReLU.forward", RELU_FORWARD_DOC),
         Target("activation.py", "ReLU.backward", RELU_BACKWARD_DOC),
         Target("residual.py", "ResidualAdd.forward", ADD_FORWARD_DOC),
         Target("residual.py", "ResidualAdd.backward", ADD_BACKWARD_DOC),
+        Target("residual.py", "PadChannels.backward", PAD_BACKWARD_DOC),
+        Target("block.py", "block_backward", BLOCK_BACKWARD_DOC),
     ),
     parts=(
         Part("relu_forward", 1, "ReLU.forward against the reference, with exact zeros",
-             check_relu_forward, ("ReLU.forward",)),
-        Part("relu_backward", 2, "ReLU.backward against the reference (relu'(0) = 0) and "
-             "numerical gradients", check_relu_backward, ("ReLU.forward", "ReLU.backward")),
+             relu_forward_cases, ("ReLU.forward",)),
+        Part("relu_backward", 2, "ReLU.backward against the reference (relu'(0) = 0)",
+             relu_backward_cases, ("ReLU.forward", "ReLU.backward")),
         Part("residual_add_forward", 1, "ResidualAdd.forward against the reference",
-             check_residual_add_forward, ("ResidualAdd.forward",)),
-        Part("residual_add_backward", 2, "ResidualAdd.backward against the reference and "
-             "numerical gradients", check_residual_add_backward,
-             ("ResidualAdd.forward", "ResidualAdd.backward")),
-        Part("basic_block_backward", 4, "a BasicBlock built on your ReLU and residual add: "
+             residual_add_forward_cases, ("ResidualAdd.forward",)),
+        Part("residual_add_backward", 1, "ResidualAdd.backward against the reference",
+             residual_add_backward_cases, ("ResidualAdd.forward", "ResidualAdd.backward")),
+        Part("pad_channels_backward", 3, "PadChannels.backward (option A) against the reference: "
+             "strided pixels and padded channels send nothing back", pad_channels_backward_cases,
+             ("PadChannels.backward",)),
+        Part("basic_block_backward", 2, "a BasicBlock built on your ReLU and residual add: "
              "output and every gradient bit-close to the reference block's",
-             check_basic_block_backward, ("ReLU.forward", "ReLU.backward", "ResidualAdd.forward",
+             basic_block_backward_cases, ("ReLU.forward", "ReLU.backward", "ResidualAdd.forward",
                                           "ResidualAdd.backward")),
+        Part("block_backward_by_hand", 6, "block_backward: dx and every parameter's gradient of "
+             "a BasicBlock, op by op, bit-close to the reference", block_backward_by_hand_cases,
+             ("block_backward",)),
+        Part("plus_one_split", 4, "block_backward's split: dx_shortcut and dx_branch, for an "
+             "identity and an option-A shortcut", plus_one_split_cases, ("block_backward",)),
     ),
     notes="When every part passes, run `python compare_gradients.py` in this folder: it builds "
           "plain and residual networks of depths 20 and 56 on *your* ReLU and residual add and "
           "prints, for each, the ratio of the gradient norm at the first block's input to the "
-          "one at the last block's input. Compare plain with residual at each depth, and explain "
-          "the difference with the \"+1\" that your ResidualAdd.backward passes back.",
+          "one at the last block's input, then the split of dL/dx at one block from *your* "
+          "block_backward. Compare plain with residual at each depth, and explain the "
+          "difference with the \"+1\" that your ResidualAdd.backward passes back and your "
+          "dx_shortcut carries.",
     extras={"compare_gradients.py": SCRIPT},
 )

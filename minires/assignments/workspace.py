@@ -1,7 +1,8 @@
-"""`minires assignment make`: a student workspace cut from minires' own op files.
+"""`minires assignment make`: a student workspace cut from minires' own files.
 
-Each op file the assignment names is copied from minires/ops with its relative imports made
-absolute (`from ..autograd import Function` -> `from minires.autograd import Function`), so the
+Each file the assignment names is copied from minires (minires/ops/<file>, or minires/autograd.py
+for the engine) with its relative imports made absolute (`from ..autograd import Function` ->
+`from minires.autograd import Function`), so the
 student's classes subclass minires.autograd.Function and plug into the real engine. In the copy,
 every target's docstring is replaced by the assignment's (shapes and math), and every target
 function's solution body, the lines from `# BEGIN SOLUTION` to `# END SOLUTION`, becomes
@@ -17,14 +18,29 @@ from pathlib import Path
 
 from .registry import get
 
-OPS_DIR = Path(__file__).resolve().parents[1] / "ops"
-OPS_PACKAGE = "minires.ops"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+SOURCES = {"autograd.py": "autograd.py",              # the engine (assignment 0)
+           "block.py": "assignments/block.py"}        # a BasicBlock by hand (assignment 3)
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
 MANIFEST = "assignment.json"
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*)(\s+import\b)", re.MULTILINE)
 
 
-def rewrite_imports(source, package=OPS_PACKAGE):
+def source_path(filename):
+    """Where in minires a workspace file is cut from: conv.py -> ops/conv.py (package-relative)."""
+    return SOURCES.get(filename, f"ops/{filename}")
+
+
+def reference_module_name(filename):
+    """The minires module a workspace file is cut from: conv.py -> minires.ops.conv."""
+    return "minires." + source_path(filename)[:-len(".py")].replace("/", ".")
+
+
+def reference_path(filename):
+    return PACKAGE_DIR / source_path(filename)
+
+
+def rewrite_imports(source, package):
     """Relative imports of a module in `package` made absolute."""
     return _RELATIVE_IMPORT.sub(
         lambda m: m[1] + importlib.util.resolve_name(m[2], package) + m[3], source)
@@ -74,9 +90,10 @@ def _solution_span(lines, node, where):
     return begins[0], ends[0]
 
 
-def stub_source(source, targets, filename):
+def stub_source(source, targets, filename, keep_markers=False):
     """`source` with each target's docstring replaced and each target function's solution body
-    turned into a TODO stub. Raises ValueError naming a target that is missing or unmarked."""
+    turned into a TODO stub (between the markers, with `keep_markers`, as the student release
+    keeps them). Raises ValueError naming a target that is missing or unmarked."""
     lines = source.splitlines(keepends=True)
     nodes = _definitions(ast.parse(source))
     edits = []  # (first line index, last line index, replacement lines)
@@ -91,6 +108,8 @@ def stub_source(source, targets, filename):
             indent = lines[first][:len(lines[first]) - len(lines[first].lstrip())]
             stub = [f'{indent}raise NotImplementedError("TODO: {target.qualname}; see the '
                     'docstring")\n']
+            if keep_markers:
+                stub = [f"{indent}{BEGIN}\n", *stub, f"{indent}{END}\n"]
             if doc_node is None:  # the stub's docstring goes where the solution was
                 stub = _render_docstring(target.doc, indent) + stub
             edits.append((first, last, stub))
@@ -105,8 +124,9 @@ def stub_source(source, targets, filename):
 
 
 def workspace_source(filename, targets, with_solutions=False):
-    """The student's copy of minires/ops/<filename>."""
-    source = rewrite_imports((OPS_DIR / filename).read_text())
+    """The student's copy of minires' <filename>."""
+    package = reference_module_name(filename).rpartition(".")[0]
+    source = rewrite_imports(reference_path(filename).read_text(), package)
     if with_solutions:
         return source
     return stub_source(source, [t for t in targets if t.file == filename], filename)
@@ -165,13 +185,22 @@ numerical gradients.
 |---|---|---|
 {parts}
 
-Each part runs in its own process on fresh random inputs (a new seed every run; `--seed N`
-repeats one), against minires' reference implementation and numerical gradients. A part that
+(Grading needs your teacher's complete copy of minires; in a student release, test your code
+with `minires.gradcheck` and submit it to your course's autograder.)
+
+Each part runs in its own sandboxed process on fresh random inputs (a new seed every run; `--seed
+N` repeats one); the grader compares what your code returns with minires' reference. A part that
 crashes, runs past the time limit (`--timeout`, seconds) or returns the wrong shape loses that part
 only, and the grader says why; a wrong value is reported with its index, the value you returned
-and the expected one. Each part is graded on its own: the functions of the other parts are
-replaced by the reference while it runs (a backward still runs your forward, which saves what the
-backward needs).
+and the expected one, and an op that writes into one of its inputs is told so. Each part is graded
+on its own: the functions of the other parts are replaced by the reference while it runs (a
+backward still runs your forward, which saves what the backward needs).
+
+Your files may import what they import now, plus numpy, math and a few standard modules
+(functools, itertools, typing, collections, dataclasses, operator). The grader refuses a file
+that imports minires' reference modules or the grader, inspects frames or the heap (sys, inspect,
+gc), or uses eval, exec, open, `__import__` or dunder attributes; its message names the line.
+Keep each file's name: a missing or renamed file scores 0 for its parts.
 
 {textwrap.fill(assignment.notes, 99)}
 """

@@ -1,0 +1,79 @@
+"""The student release and the Gradescope bundle, end to end.
+
+The bundle is unzipped into a temporary directory laid out as Gradescope lays out /autograder
+(source/, submission/, results/), and its own run_autograder grades the submission there
+(MINIRES_AUTOGRADER_ROOT points it at the temporary directory).
+"""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from minires.assignments import get
+from minires.assignments.release import RELEASE_MARK, release, unpack
+from minires.assignments.workspace import BEGIN, make_workspace
+from minires.cli import main
+
+pytestmark = pytest.mark.grading
+
+
+def test_release_has_no_solutions(tmp_path):
+    stubbed = release(tmp_path)
+    package = tmp_path / "minires"
+    assert set(stubbed) == {"autograd.py", "ops/conv.py", "ops/norm.py", "ops/activation.py",
+                            "ops/residual.py", "assignments/block.py"}
+    for relative in stubbed:
+        source = (package / relative).read_text()
+        assert "raise NotImplementedError(\"TODO:" in source
+        body = source.split(BEGIN)[1:]
+        assert all(chunk.split("\n")[1].strip().startswith("raise NotImplementedError")
+                   for chunk in body)  # every marked body is a stub
+    assert "self.mask = x > 0" not in (package / "ops/activation.py").read_text()
+    assert not (package / "fast").exists() and (package / RELEASE_MARK).exists()
+    assert (tmp_path / "tests/test_nn.py").read_text().startswith("import pytest\n\npytestmark")
+    assert (tmp_path / "tutorials").is_dir()
+    # the release still makes workspaces, and refuses to grade (it has nothing to grade against)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    run = [sys.executable, "-m", "minires", "assignment"]
+    subprocess.run(run + ["make", "conv", "--out", str(tmp_path / "hw1")], env=env,
+                   cwd=tmp_path, check=True, capture_output=True)
+    graded = subprocess.run(run + ["grade", str(tmp_path / "hw1")], env=env, cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert graded.returncode != 0 and "student release" in graded.stderr
+
+
+@pytest.mark.assignment_residual
+def test_gradescope_bundle_grades_a_submission_end_to_end(tmp_path):
+    bundle = tmp_path / "autograder.zip"
+    assert main(["assignment", "gradescope", "residual", "--out", str(bundle)]) == 0
+    with zipfile.ZipFile(bundle) as z:
+        names = set(z.namelist())
+    assert {"setup.sh", "run_autograder", "minires/__init__.py"} <= names
+    root = tmp_path / "autograder"
+    unpack(bundle, root / "source")
+    (root / "run_autograder").write_bytes((root / "source" / "run_autograder").read_bytes())
+    os.chmod(root / "run_autograder", 0o755)
+    make_workspace("residual", root / "submission", with_solutions=True)
+    (root / "submission" / "assignment.json").unlink()  # a student uploads only the .py files
+    env = dict(os.environ, MINIRES_AUTOGRADER_ROOT=str(root), MINIRES_PYTHON=sys.executable)
+    env.pop("PYTHONPATH", None)  # the bundle's own minires, as on Gradescope
+    done = subprocess.run([str(root / "run_autograder")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((root / "results" / "results.json").read_text())
+    assert results["score"] == 20 and results["extra_data"]["finished"], results
+    assert results["extra_data"]["assignment"] == "residual"
+    assert [t["name"] for t in results["tests"]] == [p.name for p in get("residual").parts]
+    (root / "submission" / "residual.py").rename(root / "submission" / "my_residual.py")
+    subprocess.run([str(root / "run_autograder")], cwd=root, env=env, check=True,
+                   capture_output=True, timeout=300)
+    results = json.loads((root / "results" / "results.json").read_text())
+    scores = {t["name"]: t["score"] for t in results["tests"]}
+    assert scores == {"relu_forward": 1, "relu_backward": 2, "residual_add_forward": 0,
+                      "residual_add_backward": 0, "pad_channels_backward": 0,
+                      "basic_block_backward": 0, "block_backward_by_hand": 6,
+                      "plus_one_split": 4}  # residual.py's parts only, never filled in
+    assert "residual.py is missing" in results["tests"][2]["output"]
