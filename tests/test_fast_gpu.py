@@ -251,3 +251,66 @@ def test_enabled_reads_the_environment_and_is_off_by_default(monkeypatch, value,
     else:
         monkeypatch.setenv(gpu.ENV_SWITCH, value)
     assert gpu.enabled() is expected
+
+
+# --- bytes kept for the backward (benchmarks/saved_bytes.py) -------------------------------------
+
+def load_benchmark(name):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class SavesAView(minires.autograd.Function):
+    """y = 2x, keeping a view of x for its backward (counted once: x is its input too)."""
+
+    def forward(self, x):
+        self.first_row = x[:1]
+        return 2 * x
+
+    def backward(self, gy):
+        return 2 * gy
+
+
+def test_graph_bytes_counts_saved_and_held_arrays_once(rng):
+    saved_bytes = load_benchmark("saved_bytes")
+    x = make(rng.standard_normal((2, 3, 8, 8)), "cpu", requires_grad=True)
+    w = make(rng.standard_normal((4, 3, 3, 3)), "cpu", requires_grad=True)
+    x_bytes, cols_bytes = 2 * 3 * 8 * 8 * 8, 2 * 27 * 64 * 8      # float64; cols (N, C*9, H*W)
+    for conv2d, saved in ((reference_conv.conv2d, cols_bytes), (gpu.conv2d, x_bytes)):
+        y = conv2d(x, w, padding=1)
+        got = saved_bytes.graph_bytes(y, exclude=[w.data])
+        assert got == {"saved": saved, "held": x_bytes + (saved if saved != x_bytes else 0)}
+    y = SavesAView().apply(x)
+    assert saved_bytes.graph_bytes(y) == {"saved": x_bytes, "held": x_bytes}
+    z = SavesAView().apply(y)   # y is z's input and saved (a view): counted once more, not twice
+    assert saved_bytes.graph_bytes(z) == {"saved": 2 * x_bytes, "held": 2 * x_bytes}
+
+
+# --- benchmarks/train_step.py's GPU variant, run on NumPy ------------------------------------------
+def test_train_step_gpufast_variant_runs_the_fast_ops(device, monkeypatch):
+    import minires.functional as F
+    train_step = load_benchmark("train_step")
+    seen, forward = [], gpu.GpuConv2d.forward
+    monkeypatch.setattr(gpu.GpuConv2d, "forward",
+                        lambda self, *a: seen.append("conv") or forward(self, *a))
+    step, sync = train_step.minires_step(8, 2, device, gpu_fast=True)
+    before = F.conv2d
+    step()
+    step()
+    sync()
+    assert seen and F.conv2d is before                   # swapped in for the step only
+    infer, _ = train_step.minires_step(8, 2, device, infer=True, gpu_fast=True)
+    count = len(seen)
+    infer()
+    assert len(seen) > count
+    keys = train_step.ratio_keys(["minires", "minires-gpufast", "torch"])
+    assert [k[0] for k in keys] == ["ratio_vs_torch", "minires-gpufast_ratio_vs_torch"]
+    row = {"torch_memory": {"max_reserved_MB": 400.0}, "minires_memory": {"pool_MB": 1000.0},
+           "minires-gpufast_memory": {"pool_MB": 500.0}}
+    assert train_step.gpu_memory_ratios(row, ["minires", "minires-gpufast", "torch"]) == {
+        "minires_memory_vs_torch": 2.5, "minires-gpufast_memory_vs_torch": 1.25}
