@@ -314,3 +314,33 @@ def test_train_step_gpufast_variant_runs_the_fast_ops(device, monkeypatch):
            "minires-gpufast_memory": {"pool_MB": 500.0}}
     assert train_step.gpu_memory_ratios(row, ["minires", "minires-gpufast", "torch"]) == {
         "minires_memory_vs_torch": 2.5, "minires-gpufast_memory_vs_torch": 1.25}
+
+
+def test_a_resnet_trains_the_same_with_the_gpu_fast_ops(device):
+    """Two SGD steps of a ResNet-8 in float64, fused SGD and the GPU ops against the references:
+    every parameter and running statistic agrees to 1e-10 (the ops composed: option-A
+    shortcuts, strided convs, views between ops)."""
+    import minires.functional as F
+    from minires.models import cifar_resnet
+    from minires.optim import SGD
+    train_step = load_benchmark("train_step")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 16, 16))
+    labels = rng.integers(0, 10, 4)
+    results = []
+    for conv2d, batch_norm, fused in ((gpu.conv2d, gpu.batch_norm, True),
+                                      (reference_conv.conv2d, reference_norm.batch_norm, False)):
+        backend.seed(0)
+        model = cifar_resnet(8).astype(np.float64).to(device)
+        opt = SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True,
+                  fused=fused)
+        with train_step.functional_ops(conv2d, batch_norm):
+            for _ in range(2):
+                loss = F.cross_entropy(model(make(x, device)), make(labels, device))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        results.append(model.state_dict())  # NumPy copies
+    fast, reference = results
+    for key, want in reference.items():
+        np.testing.assert_allclose(fast[key], want, rtol=1e-10, atol=1e-12, err_msg=key)
