@@ -7,8 +7,9 @@ Shaped like ``torch.optim.Optimizer`` so that what a student writes here transfe
 
 Gradients accumulate in ``p.grad`` across backward calls (as in PyTorch): call ``zero_grad`` once
 per step. ``step`` changes each parameter's array **in place** (``p.data -= ...``), so the array
-object a Parameter holds never changes and views of it stay valid. Parameters whose ``.grad`` is
-None are skipped and get no state.
+object a Parameter holds never changes and views of it stay valid (with ``fused=True`` each
+``p.data`` is rebound once, at the first step, to a view of a flat buffer: optim/_flat.py).
+Parameters whose ``.grad`` is None are skipped and get no state.
 
 ``state_dict`` is flat, ``{str: numpy array or Python scalar}``, so it goes into an ``.npz`` with
 ``allow_pickle=False``. Parameters are named by their position in the groups (0, 1, ...):
