@@ -534,7 +534,7 @@ def main(argv=None):
         args.frameworks = ["minires"] + (["minires-gpufast"] if args.device == "cuda" else []) + [
             "torch", "dezero"]
     frameworks = [n for n in args.frameworks if is_minires(n) or available(n, args.device)]
-    if "minires" not in frameworks:
+    if not any(is_minires(n) for n in frameworks):  # minires-gpufast alone: ResNet-1202's memory
         frameworks.insert(0, "minires")
     versions = {"numpy": np.__version__}
     if "torch" in frameworks:

@@ -61,10 +61,11 @@ def conv_arrays(rng, x_shape, w_shape, bias):
 @pytest.mark.parametrize("x_shape, w_shape, stride, padding, bias", CONV_CASES)
 def test_gpu_conv2d_matches_the_reference(device, rng, dtype, x_shape, w_shape, stride, padding,
                                           bias):
+    """The GPU op on `device` against the reference on NumPy (on cuda: the GPU equals NumPy)."""
     arrays = conv_arrays(rng, x_shape, w_shape, bias)
     results = [run_op(lambda x, w, b: conv2d(x, w, b, stride=stride, padding=padding), arrays,
-                      device, dtype, grads_of={0, 1, 2})
-               for conv2d in (gpu.conv2d, reference_conv.conv2d)]
+                      on, dtype, grads_of={0, 1, 2})
+               for conv2d, on in ((gpu.conv2d, device), (reference_conv.conv2d, "cpu"))]
     assert_pinned(*results, dtype)
 
 
@@ -154,12 +155,13 @@ def bn_arrays(rng, shape):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 4)], ids=["NCHW", "NC"])
 def test_gpu_batch_norm_matches_the_reference(device, rng, dtype, training, shape):
+    """The GPU op on `device` against the reference on NumPy, running statistics included."""
     arrays = bn_arrays(rng, shape)
     start = [rng.standard_normal(shape[1]), rng.uniform(0.5, 2, shape[1])]
     results, running = [], []
-    for batch_norm in (gpu.batch_norm, reference_norm.batch_norm):
-        stats = [backend.to_device(s.astype(dtype), device) for s in start]
-        results.append(run_op(bn_call(batch_norm, stats, training), arrays, device, dtype,
+    for batch_norm, on in ((gpu.batch_norm, device), (reference_norm.batch_norm, "cpu")):
+        stats = [backend.to_device(s.astype(dtype), on) for s in start]
+        results.append(run_op(bn_call(batch_norm, stats, training), arrays, on, dtype,
                               grads_of={0, 1, 2}))
         running.append([backend.to_numpy(s) for s in stats])
     assert_pinned(*results, dtype)
