@@ -3,6 +3,7 @@
     python benchmarks/train_step.py                                  # ResNet-20, B=128, CPU
     python benchmarks/train_step.py --model resnet20 resnet56 --batch 32 128 --json out.json
     python benchmarks/train_step.py --device cuda                    # CuPy against torch's GPU
+    python benchmarks/train_step.py --device cuda --model resnet20 resnet56 resnet110
     python benchmarks/train_step.py --growth                         # time vs depth and vs batch
 
 A step is forward, cross-entropy, backward and SGD (momentum 0.9, weight decay 5e-4) on a batch of
@@ -24,9 +25,17 @@ Allocation. minires leaves glibc's malloc as it is (minires/fast/memory.py); run
 MINIRES_KEEP_FREED_MEMORY=1 to time it with freed memory kept in the process, which then applies
 to every framework timed beside it.
 
+GPU. On `--device cuda` minires runs twice: "minires", the ops `minires.functional` picks by
+default, and "minires-gpufast", the GPU fast ops (minires/fast/gpu.py, what MINIRES_GPU_FAST_OPS=1
+turns on) with the fused SGD (one flat update per step). The fast ops are swapped into
+minires.functional for that framework's steps only (`gpu_fast_ops`), so the two share a process.
+DeZero runs on CuPy there too. An inference table follows (eval mode, no graph: a forward only).
+
 torch and dezero are optional: without them the table has minires's times only.
 """
 import argparse
+import contextlib
+import functools
 import json
 import os
 import platform
@@ -50,7 +59,31 @@ def _set_threads(threads):
 
 # --- the three frameworks: each returns (step function, synchronize function) ---------------------
 
-def minires_step(depth, batch, device, seed=0):
+@contextlib.contextmanager
+def functional_ops(conv2d, batch_norm):
+    """minires.functional's conv2d and batch_norm are these two inside the block."""
+    sys.path.insert(0, REPO)
+    import minires.functional as F
+
+    previous = F.conv2d, F.batch_norm
+    F.conv2d, F.batch_norm = conv2d, batch_norm
+    try:
+        yield
+    finally:
+        F.conv2d, F.batch_norm = previous
+
+
+def gpu_fast_ops():
+    """The block runs minires/fast/gpu.py's conv2d and batch_norm (see the module docstring)."""
+    sys.path.insert(0, REPO)
+    from minires.fast import gpu
+
+    return functional_ops(gpu.conv2d, gpu.batch_norm)
+
+
+def minires_step(depth, batch, device, seed=0, infer=False, gpu_fast=False):
+    """A training step (or, with infer, an eval-mode forward with no graph); gpu_fast: the GPU
+    fast ops and the fused SGD (see the module docstring)."""
     sys.path.insert(0, REPO)
     import numpy as np
 
@@ -62,20 +95,30 @@ def minires_step(depth, batch, device, seed=0):
 
     backend.seed(seed)
     model = cifar_resnet(depth).to(device)
-    opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+    opt = SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+              fused=gpu_fast)
     rng = np.random.default_rng(seed)
     x = minires.tensor(rng.standard_normal((batch, 3, 32, 32)).astype(np.float32), device=device)
     y = minires.tensor(rng.integers(0, 10, batch), device=device)
+    ops = gpu_fast_ops if gpu_fast else contextlib.nullcontext
 
     def step():
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step, lambda: backend.synchronize()
+        with ops():
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    def forward():
+        with ops(), minires.no_grad():
+            model(x)
+
+    if infer:
+        model.eval()
+    return (forward if infer else step), lambda: backend.synchronize()
 
 
-def torch_step(depth, batch, device, seed=0):
+def torch_step(depth, batch, device, seed=0, infer=False):
     import torch
     import torch.nn as nn
     import torch.nn.functional as TF
@@ -122,10 +165,16 @@ def torch_step(depth, batch, device, seed=0):
         loss.backward()
         opt.step()
 
+    def forward():
+        with torch.no_grad():
+            model(x)
+
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
-    return step, sync
+    if infer:
+        model.eval()
+    return (forward if infer else step), sync
 
 
 def import_dezero():
@@ -138,10 +187,10 @@ def import_dezero():
     return dezero
 
 
-def dezero_step(depth, batch, device, seed=0):
-    """The same network in DeZero (the book's framework); CPU only (its GPU path needs CuPy)."""
+def dezero_step(depth, batch, device, seed=0, infer=False):
+    """The same network in DeZero (the book's framework), on NumPy or (cuda) CuPy."""
     import numpy as np
-    import_dezero()
+    dezero = import_dezero()
     import dezero.functions as DF
     import dezero.layers as DL
     from dezero import Function, Model, optimizers
@@ -151,7 +200,8 @@ def dezero_step(depth, batch, device, seed=0):
             self.before, self.after = before, after
 
         def forward(self, x):
-            return np.pad(x, ((0, 0), (self.before, self.after), (0, 0), (0, 0)))
+            xp = dezero.cuda.get_array_module(x)
+            return xp.pad(x, ((0, 0), (self.before, self.after), (0, 0), (0, 0)))
 
         def backward(self, gy):
             return gy[:, self.before:gy.shape[1] - self.after]
@@ -196,8 +246,6 @@ def dezero_step(depth, batch, device, seed=0):
             out = DF.average_pooling(out, out.shape[2])  # global average pool: (N, 64, 1, 1)
             return self.fc(DF.reshape(out, (out.shape[0], -1)))
 
-    if device != "cpu":
-        raise RuntimeError("dezero: CPU only in this benchmark")
     np.random.seed(seed)
     model = Net((depth - 2) // 6)
     opt = optimizers.MomentumSGD(lr=LR, momentum=MOMENTUM).setup(model)
@@ -205,16 +253,57 @@ def dezero_step(depth, batch, device, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, 3, 32, 32)).astype(np.float32)
     y = rng.integers(0, 10, batch)
+    sync = lambda: None  # noqa: E731
+    if device == "cuda":  # DeZero's own GPU path: CuPy arrays, parameters moved by to_gpu
+        sys.path.insert(0, REPO)
+        from minires import backend
+        model.to_gpu()
+        x, y = dezero.cuda.as_cupy(x), dezero.cuda.as_cupy(y)
+        sync = backend.synchronize
 
     def step():
         loss = DF.softmax_cross_entropy(model(x), y)
         model.cleargrads()
         loss.backward()
         opt.update()
-    return step, lambda: None
+
+    def forward():
+        with dezero.test_mode(), dezero.no_grad():
+            model(x)
+    return (forward if infer else step), sync
 
 
-FRAMEWORKS = {"minires": minires_step, "torch": torch_step, "dezero": dezero_step}
+FRAMEWORKS = {"minires": minires_step, "minires-gpufast": functools.partial(minires_step,
+                                                                            gpu_fast=True),
+              "torch": torch_step, "dezero": dezero_step}
+
+
+def is_minires(name):
+    return name.startswith("minires")
+
+
+SHORT = {"minires-gpufast": "fast"}  # column labels
+
+
+def ratio_keys(frameworks):
+    """[(row key, column label, variant, peer)]: each minires variant's img/s over each peer's
+    ("ratio_vs_torch" for minires itself, "minires-gpufast_ratio_vs_torch" for the fast one)."""
+    peers = [n for n in frameworks if not is_minires(n)]
+    keys = []
+    for variant in (n for n in frameworks if is_minires(n)):
+        for peer in peers:
+            prefix = "" if variant == "minires" else f"{variant}_"
+            label = f"{SHORT[variant] + ' ' if variant in SHORT else ''}vs {peer}"
+            keys.append((f"{prefix}ratio_vs_{peer}", label, variant, peer))
+    return keys
+
+
+def gpu_memory_ratios(row, frameworks):
+    """{"<variant>_memory_vs_torch": CuPy pool / torch max_memory_reserved} where both exist."""
+    torch_mb = row.get("torch_memory", {}).get("max_reserved_MB")
+    return {f"{n}_memory_vs_torch": row[f"{n}_memory"]["pool_MB"] / torch_mb
+            for n in frameworks if is_minires(n) and torch_mb
+            and "pool_MB" in row.get(f"{n}_memory", {})}
 
 
 def available(name, device):
@@ -224,8 +313,8 @@ def available(name, device):
             import torch
             return device == "cpu" or torch.cuda.is_available()
         if name == "dezero":
-            import_dezero()
-            return device == "cpu"
+            dezero = import_dezero()
+            return device == "cpu" or dezero.cuda.gpu_enable
     except ImportError:
         return False
     return True
@@ -239,14 +328,14 @@ def seconds(step, sync):
     return time.perf_counter() - start
 
 
-def time_steps(frameworks, depth, batch, device, repeats, warmup):
-    """{framework: median seconds per step}, the frameworks taking turns.
+def time_steps(frameworks, depth, batch, device, repeats, warmup, infer=False):
+    """{framework: median seconds per step} (per forward, with infer), the frameworks taking turns.
 
     Each turn is an untimed step, then a timed one: torch's OpenMP threads keep spinning on the
     cores for a while after its last parallel region (and the caches hold the last framework's
     arrays), which would otherwise slow whichever framework runs right after it.
     """
-    steps = {name: FRAMEWORKS[name](depth, batch, device) for name in frameworks}
+    steps = {name: FRAMEWORKS[name](depth, batch, device, infer=infer) for name in frameworks}
     for _ in range(warmup):
         for step, sync in steps.values():
             seconds(step, sync)
@@ -278,7 +367,7 @@ def child_main(name, depth, batch, device, steps):
     step, sync = FRAMEWORKS[name](depth, batch, device)
     result = {}
     if device == "cuda":
-        if name == "minires":
+        if is_minires(name):
             sys.path.insert(0, REPO)
             from minires import backend
             pool = backend.cupy_module().get_default_memory_pool()
@@ -320,33 +409,37 @@ def measure_memory(name, depth, batch, device, threads, steps=2):
 
 # --- tables --------------------------------------------------------------------------------------
 
-def run_table(args, frameworks):
+def run_table(args, frameworks, infer=False):
     rows = []
     for model in args.model:
         depth = int(model.replace("resnet", ""))
         for batch in args.batch:
-            t = time_steps(frameworks, depth, batch, args.device, args.repeats, args.warmup)
+            t = time_steps(frameworks, depth, batch, args.device, args.repeats, args.warmup, infer)
             row = {"model": model, "batch": batch, "load": os.getloadavg()[0]}
             for name, s in t.items():
                 row[f"{name}_ms"] = 1000 * s
                 row[f"{name}_img_s"] = batch / s
-            for other in frameworks[1:]:
-                row[f"ratio_vs_{other}"] = row["minires_img_s"] / row[f"{other}_img_s"]
-            if args.memory:
+            for key, _, variant, peer in ratio_keys(frameworks):
+                row[key] = row[f"{variant}_img_s"] / row[f"{peer}_img_s"]
+            if args.memory and not infer:
                 for name in frameworks:
                     row[f"{name}_memory"] = measure_memory(name, depth, batch, args.device,
                                                            args.threads)
+                row.update(gpu_memory_ratios(row, frameworks))
             rows.append(row)
             print_row(row, frameworks, args.device, header=len(rows) == 1)
     return rows
 
 
 def print_row(row, frameworks, device, header):
-    cols = [f"{'model':<10}{'batch':>6}"] + [f"{n + ' img/s':>14}" for n in frameworks]
-    cols += [f"{'vs ' + n:>10}" for n in frameworks[1:]]
+    cols = [f"{'model':<10}{'batch':>6}"]
+    cols += [f"{SHORT.get(n, n) + ' img/s':>14}" for n in frameworks]
+    cols += [f"{label:>14}" for _, label, _, _ in ratio_keys(frameworks)]
     mem_names = ("peak MB", "step MB") if device == "cpu" else ("pool MB", "alloc MB")
     if f"{frameworks[0]}_memory" in row:
-        cols += [f"{n[:7] + ' ' + m:>17}" for n in frameworks for m in mem_names]
+        cols += [f"{SHORT.get(n, n)[:7] + ' ' + m:>17}" for n in frameworks for m in mem_names]
+    memory_ratios = [k for k in row if k.endswith("_memory_vs_torch")]
+    cols += [f"{SHORT.get(k[:-16], k[:-16]) + ' mem/torch':>16}" for k in memory_ratios]
     cols += [f"{'load':>6}"]
     if header:
         line = "".join(cols)
@@ -354,17 +447,18 @@ def print_row(row, frameworks, device, header):
         print("-" * len(line))
     out = f"{row['model']:<10}{row['batch']:>6}"
     out += "".join(f"{row[f'{n}_img_s']:>14.1f}" for n in frameworks)
-    out += "".join(f"{row[f'ratio_vs_{n}']:>10.2f}" for n in frameworks[1:])
+    out += "".join(f"{row[key]:>14.2f}" for key, _, _, _ in ratio_keys(frameworks))
     if f"{frameworks[0]}_memory" in row:
         for n in frameworks:
             mem = row[f"{n}_memory"]
             if device == "cpu":
                 values = (mem.get("peak_rss_MB"), mem.get("step_MB"))
-            elif n == "minires":
+            elif is_minires(n):
                 values = (mem.get("pool_MB"), None)
             else:
                 values = (mem.get("max_reserved_MB"), mem.get("max_allocated_MB"))
             out += "".join(f"{v:>17.0f}" if v is not None else f"{'-':>17}" for v in values)
+    out += "".join(f"{row[k]:>16.2f}" for k in memory_ratios)
     out += f"{row['load']:>6.1f}"
     print(out, flush=True)
 
@@ -407,8 +501,11 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, nargs="+", default=[128])
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per framework")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--frameworks", nargs="+", default=["minires", "torch", "dezero"],
-                        help="which to run (those not installed are left out)")
+    parser.add_argument("--frameworks", nargs="+", default=None,
+                        help="which to run (those not installed are left out; default minires "
+                             "torch dezero, and minires-gpufast on cuda)")
+    parser.add_argument("--inference", action=argparse.BooleanOptionalAction, default=None,
+                        help="also time eval-mode forwards (default: on for cuda)")
     parser.add_argument("--no-memory", dest="memory", action="store_false",
                         help="skip the peak-memory runs (one child process per framework)")
     parser.add_argument("--growth", action="store_true",
@@ -431,8 +528,11 @@ def main(argv=None):
 
     import numpy as np
 
-    frameworks = [n for n in args.frameworks if n == "minires" or available(n, args.device)]
-    if "minires" not in frameworks:
+    if args.frameworks is None:
+        args.frameworks = ["minires"] + (["minires-gpufast"] if args.device == "cuda" else []) + [
+            "torch", "dezero"]
+    frameworks = [n for n in args.frameworks if is_minires(n) or available(n, args.device)]
+    if not any(is_minires(n) for n in frameworks):  # minires-gpufast alone: ResNet-1202's memory
         frameworks.insert(0, "minires")
     versions = {"numpy": np.__version__}
     if "torch" in frameworks:
@@ -459,6 +559,9 @@ def main(argv=None):
                          "machine": platform.processor() or platform.machine(),
                          "load_at_start": os.getloadavg()}}
     results["rows"] = run_table(args, frameworks)
+    if args.device == "cuda" if args.inference is None else args.inference:
+        print("\ninference: eval-mode forward, no graph (img/s)")
+        results["inference"] = run_table(args, frameworks, infer=True)
     if args.growth:
         results["growth"] = run_growth(args, frameworks)
     if args.json:

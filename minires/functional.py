@@ -6,14 +6,17 @@ hand-written backward sit next to each other.
 Which code runs. `conv2d` and `batch_norm` have a readable reference in `minires.ops` (what
 students read and write) and a fast CPU version in `minires.fast` (same function, same errors,
 pinned equal by tests/test_fast_ops.py). The choice is made here, per call, in plain sight:
-NumPy arrays go to the fast op when the `minires/fast` folder exists and fast ops are on;
-everything else (CuPy arrays, fast ops off) goes to the reference. Fast ops are on unless env
-MINIRES_FAST_OPS=0; `use_reference_ops()` and `use_fast_ops()` switch them for the process.
+NumPy arrays go to the fast CPU op when the `minires/fast` folder exists and fast ops are on;
+CuPy arrays go to the GPU versions in `minires.fast.gpu` only when env MINIRES_GPU_FAST_OPS=1 as
+well (off by default: they have not run on a GPU yet); everything else goes to the reference.
+Fast ops are on unless env MINIRES_FAST_OPS=0; `use_reference_ops()` and `use_fast_ops()` switch
+them for the process.
 """
 import os
 
 import numpy as np
 
+from . import backend
 from .ops import conv as _reference_conv
 from .ops import norm as _reference_norm
 from .ops.activation import relu, sigmoid, tanh
@@ -27,11 +30,12 @@ from .ops.shape import concat, flatten, getitem, pad, reshape, to_device, transp
 
 try:  # the speed layer is optional: a student build of the package leaves the folder out
     from .fast import conv as _fast_conv
+    from .fast import gpu as _fast_gpu
     from .fast import norm as _fast_norm
 except ModuleNotFoundError as missing:
     if missing.name != f"{__package__}.fast":
         raise  # a module that minires.fast itself imports is missing: say so
-    _fast_conv = _fast_norm = None
+    _fast_conv = _fast_gpu = _fast_norm = None
 
 _fast_on = os.environ.get("MINIRES_FAST_OPS", "1").strip() != "0"
 
@@ -53,18 +57,25 @@ def fast_ops_enabled():
     return _fast_on and _fast_conv is not None
 
 
-def _runs_fast(x):
-    """The fast CPU op for NumPy data with fast ops on; the reference otherwise."""
+def _implementation(x, reference, fast_cpu):
+    """The module whose op runs on x: `fast_cpu` for NumPy data, minires.fast.gpu for CuPy data
+    when MINIRES_GPU_FAST_OPS=1, `reference` otherwise (and whenever fast ops are off)."""
     data = getattr(x, "data", x)
-    return fast_ops_enabled() and type(data) is np.ndarray
+    if not fast_ops_enabled():
+        return reference
+    if type(data) is np.ndarray:
+        return fast_cpu
+    if backend.is_cupy_array(data) and _fast_gpu.enabled():
+        return _fast_gpu
+    return reference
 
 
 def conv2d(x, w, b=None, stride=1, padding=0):
     """2-D convolution (cross-correlation) of x (N, C, H, W) with w (OC, C, kh, kw), bias b (OC,).
 
-    Reference: minires.ops.conv.conv2d. Fast (NumPy, fast ops on): minires.fast.conv.conv2d.
+    Reference: minires.ops.conv.conv2d. Fast: minires.fast.conv (NumPy), minires.fast.gpu (CuPy).
     """
-    module = _fast_conv if _runs_fast(x) else _reference_conv
+    module = _implementation(x, _reference_conv, _fast_conv)
     return module.conv2d(x, w, b, stride, padding)
 
 
@@ -72,9 +83,9 @@ def batch_norm(x, gamma, beta, running_mean=None, running_var=None, training=Tru
                eps=1e-5):
     """Batch norm of x (N, C) or (N, C, H, W) with per-channel gamma, beta (C,).
 
-    Reference: minires.ops.norm.batch_norm. Fast (NumPy, fast ops on): minires.fast.norm.batch_norm.
+    Reference: minires.ops.norm.batch_norm. Fast: minires.fast.norm (NumPy), minires.fast.gpu (CuPy).
     """
-    module = _fast_norm if _runs_fast(x) else _reference_norm
+    module = _implementation(x, _reference_norm, _fast_norm)
     return module.batch_norm(x, gamma, beta, running_mean, running_var, training, momentum, eps)
 
 

@@ -23,6 +23,7 @@ one is an AttributeError, and tests that need them are marked `gpu`.
 """
 import operator
 import types
+import weakref
 
 import numpy as np
 
@@ -31,6 +32,8 @@ __version__ = f"0.0-standin (NumPy {np.__version__})"
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
              "Please use `.get()` to construct a NumPy array explicitly.")
 
+
+_owners = weakref.WeakValueDictionary()  # id(NumPy owner) -> its device array, for .base
 
 # --- the array type -------------------------------------------------------------------------------
 
@@ -45,6 +48,16 @@ class ndarray:  # noqa: N801 - CuPy's name
         if array.base is None:  # owns its memory: a new "device" allocation
             memory_pool._allocate(array.nbytes)
             self._counted = True
+            _owners[id(array)] = self
+
+    @property
+    def base(self):
+        """The device array that owns this view's memory (None for an owner), as CuPy's .base."""
+        owner = self._a.base
+        if owner is None:
+            return None
+        known = _owners.get(id(owner))
+        return ndarray(owner) if known is None else known
 
     def __del__(self):
         if self._counted and memory_pool is not None:  # None while the interpreter shuts down
@@ -451,6 +464,8 @@ cupy.ndarray = ndarray
 cupy.cuda = cuda
 cupy.random = _Random()
 cupy.linalg = _Namespace("cupy.linalg", np.linalg)
+cupy.lib = types.SimpleNamespace(
+    stride_tricks=_Namespace("cupy.lib.stride_tricks", np.lib.stride_tricks))  # as_strided: a view
 cupy.asnumpy = asnumpy
 cupy.get_array_module = get_array_module
 cupy.get_default_memory_pool = lambda: memory_pool

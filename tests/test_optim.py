@@ -356,3 +356,110 @@ def test_grad_shape_mismatch_raises():
     params[0].grad = Tensor(np.ones((4, 3)))
     with pytest.raises(ValueError, match=r"shape \(3, 4\) has a grad of shape \(4, 3\)"):
         opt.step()
+
+
+# --- fused steps (optim/_flat.py): one flat update per group, the unfused result bit for bit -----
+
+FUSED_CASES = {**{f"sgd_{k}": (SGD, v) for k, v in SGD_CONFIGS.items()},
+               **{f"adam_{k}": (Adam, v) for k, v in ADAM_CONFIGS.items()}}
+
+
+def run_both(optimizer, kwargs, device, steps, skip_some, groups=list):
+    """The same gradients through an unfused and a fused optimizer, step by step."""
+    pairs = []
+    for fused in (False, True):
+        params = make_params(make_arrays(), device)
+        pairs.append((params, optimizer(groups(params), fused=fused, **kwargs)))
+    for step in range(steps):
+        for params, opt in pairs:
+            set_grads(params, gradients(step, skip_some))
+            opt.step()
+        yield pairs
+
+
+def assert_same_params_and_state(pairs, what):
+    (plain, plain_opt), (fused, fused_opt) = pairs
+    for i, (a, b) in enumerate(zip(plain, fused)):
+        assert np.array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data)), f"{what} p{i}"
+        assert b.data.shape == a.data.shape and backend.device_of(b.data) == backend.device_of(a.data)
+    plain_state, fused_state = plain_opt.state_dict(), fused_opt.state_dict()
+    assert plain_state.keys() == fused_state.keys()
+    for key, value in plain_state.items():
+        assert np.array_equal(value, fused_state[key]), f"{what}: {key}"
+
+
+@pytest.mark.parametrize("case", FUSED_CASES)
+@pytest.mark.parametrize("skip_some", [False, True], ids=["all_grads", "some_grads_none"])
+def test_fused_step_is_the_unfused_step_bit_for_bit(case, device, skip_some):
+    optimizer, kwargs = FUSED_CASES[case]
+    for step, pairs in enumerate(run_both(optimizer, kwargs, device, 6, skip_some)):
+        assert_same_params_and_state(pairs, f"step {step}")
+
+
+def test_fused_step_uses_one_buffer_per_group_and_dtype(device):
+    params = make_params(make_arrays(), device)
+    params[1] = Parameter(params[1].data.astype(np.float32))
+    opt = SGD([{"params": params[:3]}, {"params": params[3:]}], lr=0.1, momentum=0.9, fused=True)
+    set_grads(params, gradients(0))
+    params[1].grad = Tensor(params[1].grad.data.astype(np.float32))
+    opt.step()
+    bases = [p.data.base for p in params]
+    assert bases[0] is bases[2] and bases[0] is not None   # group 0, float64
+    assert bases[1] is not bases[0]                        # group 0, float32: its own buffer
+    assert bases[3] is not bases[0]                        # group 1
+    momentum = [opt.state[p]["momentum_buffer"] for p in params]
+    assert momentum[0].base is momentum[2].base and momentum[0].base is not None
+
+
+def test_fused_step_follows_replaced_parameter_arrays(device):
+    """model.load_state_dict and .to() rebind p.data: the next fused step rebuilds its buffer."""
+    steps = run_both(SGD, SGD_CONFIGS["nesterov_weight_decay"], device, 4, skip_some=False)
+    pairs = next(steps)
+    for params, _ in pairs:
+        params[2].data = params[2].data * 0.5   # a new array, as load_state_dict assigns
+    for step, pairs in enumerate(steps, start=1):
+        assert_same_params_and_state(pairs, f"step {step}")
+    fused = pairs[1][0]
+    assert fused[2].data.base is fused[0].data.base
+
+
+@pytest.mark.parametrize("name", ["sgd_nesterov", "adam"])
+def test_fused_optimizer_loads_a_state_dict(name, device, tmp_path):
+    """An unfused optimizer's saved state resumes in a fused one, bit for bit."""
+    make_opt = OPTIMIZERS[name]
+    uninterrupted = make_params(make_arrays(), device)
+    run(make_opt, uninterrupted, 6)
+    first = make_params(make_arrays(), device)
+    saved = save_and_load(run(make_opt, first, 3).state_dict(), tmp_path / "opt.npz")
+    resumed = make_params([backend.to_numpy(p.data) for p in first], device)
+    opt = make_opt(resumed)
+    opt.fused = True
+    opt.load_state_dict(saved)
+    for step in range(3, 6):
+        set_grads(resumed, gradients(step))
+        opt.step()
+    for a, b in zip(resumed, uninterrupted):
+        assert np.array_equal(backend.to_numpy(a.data), backend.to_numpy(b.data))
+
+
+@pytest.mark.parametrize("case", ["sgd_everything", "sgd_nesterov", "adam_weight_decay"])
+def test_fused_step_after_a_step_with_a_missing_gradient(case, device):
+    """Flat steps, one step where a parameter has no gradient (the per-parameter update), flat
+    steps again: still the unfused result bit for bit."""
+    optimizer, kwargs = FUSED_CASES[case]
+    pairs = []
+    for fused in (False, True):
+        params = make_params(make_arrays(), device)
+        pairs.append((params, optimizer(params, fused=fused, **kwargs)))
+    for step in range(6):
+        grads = gradients(step)
+        if step == 2:
+            grads[1] = None
+        for params, opt in pairs:
+            set_grads(params, grads)
+            opt.step()
+        assert_same_params_and_state(pairs, f"step {step}")
+    fused_params, fused_opt = pairs[1]
+    if optimizer is SGD:  # the momentum buffers are views of one flat buffer again
+        buffers = [fused_opt.state[p]["momentum_buffer"] for p in fused_params]
+        assert all(b.base is buffers[0].base and b.base is not None for b in buffers)

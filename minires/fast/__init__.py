@@ -4,6 +4,8 @@
     norm.py     batch_norm on the (rows, channels) matrix, fewer passes over memory
     threads.py  a small fork-safe thread pool for copies and elementwise work (BLAS untouched)
     memory.py   per-thread work buffers reused across calls; glibc's malloc only on request
+    gpu.py      conv2d and batch_norm written for CuPy (no cols kept for backward), opt-in:
+                MINIRES_GPU_FAST_OPS=1, off by default until they have run on a GPU
 
 Nothing here is needed to learn from or to run minires: `minires.functional` uses these ops for
 NumPy arrays when this folder exists and fast ops are on, and the readable references in

@@ -13,9 +13,11 @@ class Adam(Optimizer):
     buffer_names = ("exp_avg", "exp_avg_sq")
     scalar_names = ("step",)
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+                 fused=False):
+        """fused=True: one flat update per group, as SGD's (optim/_flat.py)."""
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps,
-                                      weight_decay=weight_decay))
+                                      weight_decay=weight_decay), fused)
 
     def _check_group(self, group):
         super()._check_group(group)

@@ -7,8 +7,9 @@ Shaped like ``torch.optim.Optimizer`` so that what a student writes here transfe
 
 Gradients accumulate in ``p.grad`` across backward calls (as in PyTorch): call ``zero_grad`` once
 per step. ``step`` changes each parameter's array **in place** (``p.data -= ...``), so the array
-object a Parameter holds never changes and views of it stay valid. Parameters whose ``.grad`` is
-None are skipped and get no state.
+object a Parameter holds never changes and views of it stay valid (with ``fused=True`` each
+``p.data`` is rebound once, at the first step, to a view of a flat buffer: optim/_flat.py).
+Parameters whose ``.grad`` is None are skipped and get no state.
 
 ``state_dict`` is flat, ``{str: numpy array or Python scalar}``, so it goes into an ``.npz`` with
 ``allow_pickle=False``. Parameters are named by their position in the groups (0, 1, ...):
@@ -22,6 +23,7 @@ import numpy as np
 
 from .. import backend
 from ..autograd import Tensor, no_grad
+from . import _flat
 
 
 class Optimizer(ABC):
@@ -30,10 +32,12 @@ class Optimizer(ABC):
     buffer_names = ()  # per-parameter state arrays, shaped like the parameter
     scalar_names = ()  # per-parameter state Python numbers (e.g. Adam's step count)
 
-    def __init__(self, params, defaults):
+    def __init__(self, params, defaults, fused=False):
         self.defaults = dict(defaults)
         self.param_groups = []
         self.state = {}  # Parameter -> {name: array or number}
+        self.fused = bool(fused)  # one flat update per group and dtype (optim/_flat.py)
+        self._buckets = {}        # group index -> (ids of its params, [FlatBucket])
         for group in _as_groups(params, self._name):
             self.add_param_group(group)
 
@@ -74,11 +78,34 @@ class Optimizer(ABC):
     def step(self):
         """Update, in place and without recording a graph, every parameter that has a gradient."""
         with no_grad():
-            for group in self.param_groups:
-                for p in group["params"]:
+            for index, group in enumerate(self.param_groups):
+                rest = self._fused_step(index, group) if self.fused else group["params"]
+                for p in rest:
                     if p.grad is not None:
                         grad = self._grad_array(p)
                         self._update(p, grad, group, self.state.setdefault(p, {}))
+
+    def _fused_step(self, index, group):
+        """fused=True: one `_update` on the flat buffers of each bucket of the group (see
+        optim/_flat.py); returns the parameters left to the per-parameter update."""
+        ids = [id(p) for p in group["params"]]
+        known = self._buckets.get(index)
+        if known is None or known[0] != ids or not all(b.is_current() for b in known[1]):
+            known = self._buckets[index] = (ids, _flat.buckets_of(group["params"]))
+        rest = []
+        for bucket in known[1]:
+            states = [self.state.get(p, {}) for p in bucket.params]
+            has_grads = all(p.grad is not None for p in bucket.params)
+            state = _flat.flat_state(bucket, states) if has_grads else None
+            if state is None:
+                rest.extend(bucket.params)
+                continue
+            grad = bucket.gather([self._grad_array(p) for p in bucket.params])
+            arrays_before = {k: v for k, v in state.items() if backend.is_array(v)}
+            self._update(bucket.as_parameter(), grad, group, state)
+            for p, given in zip(bucket.params, _flat.publish(bucket, state, arrays_before)):
+                self.state[p] = given
+        return rest
 
     def _grad_array(self, p):
         """p.grad as an array, after checking that it matches the parameter's shape and device."""

@@ -12,9 +12,12 @@ class SGD(Optimizer):
 
     buffer_names = ("momentum_buffer",)
 
-    def __init__(self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+    def __init__(self, params, lr, momentum=0, dampening=0, weight_decay=0, nesterov=False,
+                 fused=False):
+        """fused=True: each group's parameters become views of one flat buffer and a step is a
+        handful of array operations on it, bit for bit the unfused result (optim/_flat.py)."""
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening,
-                                      weight_decay=weight_decay, nesterov=nesterov))
+                                      weight_decay=weight_decay, nesterov=nesterov), fused)
 
     def _check_group(self, group):
         super()._check_group(group)
