@@ -6,9 +6,10 @@ trained with the paper's recipe, their training and test error per epoch side by
 
 `minires degradation` (minires/degradation/command.py) is the same thing as a command.
 """
-from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, load_trained, net_name,
+from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, load_run_data, load_trained,
+                         net_name,
                          read_curves, run_degradation, verdicts, write_figure)
 from .plots import plot_degradation
 
-__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "load_trained", "net_name",
+__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "load_run_data", "load_trained", "net_name",
            "plot_degradation", "read_curves", "run_degradation", "verdicts", "write_figure"]

@@ -58,7 +58,7 @@ PRESETS = {
                            "half the paper's width, 8 epochs"),
     "quick": Preset(depths=(8, 14), epochs=3, n_train=256, n_test=128, width=4, batch_size=32,
                     augment=False, data="synthetic",
-                    about="a smoke test of a few seconds on synthetic data"),
+                    about="a smoke test on 256 synthetic images (about 10 s of CPU time)"),
 }
 
 
@@ -97,7 +97,7 @@ def write_figure(out_dir, rows=None):
     from .plots import plot_degradation
 
     out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
+    config = _read_config(out_dir)
     rows = read_curves(out_dir) if rows is None else rows
     steps_per_epoch = math.ceil(_train_size(config) / config["batch_size"])
     return plot_degradation(rows, out_dir / "degradation.png", _title(config), steps_per_epoch)
@@ -234,11 +234,19 @@ def verdicts(rows):
     return result
 
 
+def load_run_data(out_dir, data_root=None):
+    """The (x_train, y_train, x_test, y_test) a run in `out_dir` trained and tested on."""
+    return _load_data(_read_config(out_dir), data_root, progress=False)
+
+
+def _read_config(out_dir):
+    return json.loads((Path(out_dir) / "config.json").read_text())
+
+
 def load_trained(out_dir, residual, depth):
     """The net trained by `run_degradation` in `out_dir` (its last checkpoint), in eval mode."""
     out_dir = Path(out_dir)
-    config = json.loads((out_dir / "config.json").read_text())
-    model = _build(config, residual, depth)
+    model = _build(_read_config(out_dir), residual, depth)
     sections = load_checkpoint(out_dir / "nets" / net_name(residual, depth) / CHECKPOINT_NAME)
     model.load_state_dict(sections["model"])
     return model.eval()

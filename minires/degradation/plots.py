@@ -2,13 +2,14 @@
 error, bold lines the test error, one colour per depth, error (%) against iterations."""
 import math
 
+from ..inspect.plots import save_figure
+
 
 def plot_degradation(rows, path, title="", steps_per_epoch=None):
     """Draw the curves of `rows` (curves.csv's rows) into `path` (PNG); returns the Figure.
 
-    The x axis is the epoch, or iterations when `steps_per_epoch` is given. The figure is drawn with
-    pyplot, so a notebook shows it inline (the backend is MPLBACKEND's, or Jupyter's); it is
-    closed only outside notebooks, where nobody would see it.
+    The x axis is the epoch, or iterations when `steps_per_epoch` is given. Drawn with pyplot and
+    saved by `save_figure`, so a notebook shows it inline and a script leaves no figure open.
     """
     import matplotlib.pyplot as plt
 
@@ -37,7 +38,5 @@ def plot_degradation(rows, path, title="", steps_per_epoch=None):
     axes[0].set_ylim(0, min(100, 5 * math.ceil(top * 1.05 / 5)) or 100)
     fig.suptitle(f"Figure 6: training and test error of plain nets and ResNets\n{title}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    if "inline" not in plt.get_backend():
-        plt.close(fig)
+    save_figure(fig, path)
     return fig

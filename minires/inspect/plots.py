@@ -17,9 +17,12 @@ def _pyplot():
     return plt
 
 
-def _finish(plt, fig, path):
-    """Save the figure; close it unless a notebook's inline backend is going to show it."""
-    fig.savefig(path, dpi=100)
+def save_figure(fig, path, dpi=100):
+    """Save `fig` as a PNG at `path` and return the path. Under a notebook's inline backend the
+    figure stays open, so Jupyter draws it under the cell; anywhere else it is closed (a script
+    draws no window and keeps no figure in memory)."""
+    plt = _pyplot()
+    fig.savefig(path, dpi=dpi)
     if "inline" not in plt.get_backend():
         plt.close(fig)
     return path
@@ -80,7 +83,7 @@ def plot_layer_gradients(results, path, title="||dL/d(layer input)|| at initiali
     fig.suptitle(title)
     fig.text(0.5, 0.01, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=7.5, wrap=True)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    return _finish(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_gradients_bn_vs_no_bn(runs, path, source="synthetic"):
@@ -105,7 +108,7 @@ def plot_gradients_bn_vs_no_bn(runs, path, source="synthetic"):
                  "vanishes toward the input, above 1 grows")
     fig.text(0.5, 0.005, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=8, wrap=True)
     fig.tight_layout(rect=(0, 0.45 / (3.6 * len(depths) + 0.8), 1, 1))
-    return _finish(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_residual_split(results, path):
@@ -134,7 +137,7 @@ def plot_residual_split(results, path):
             ax.grid(True, which="both", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    return _finish(plt, fig, path)
+    return save_figure(fig, path)
 
 
 def plot_layer_responses(results, path, key="bn_output_std",
@@ -150,4 +153,4 @@ def plot_layer_responses(results, path, key="bn_output_std",
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    return _finish(plt, fig, path)
+    return save_figure(fig, path)
