@@ -64,6 +64,7 @@ def _draw_layer_gradients(ax, results, depth):
                 last = results[(net, depth)].layers[-1]
                 ax.annotate("fc input\n(pooled features)", (last["index"], last["input_grad_norm"]),
                             xytext=(-95, -24), textcoords="offset points", fontsize=7,
+                            bbox=dict(boxstyle="round", fc="white", ec="none", alpha=0.85),
                             arrowprops=dict(arrowstyle="->", lw=0.6))
                 break
     ax.set_xlabel("layer: input side → output side (conv1 = image input, last = fc)")
