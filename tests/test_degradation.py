@@ -116,11 +116,13 @@ def _rows(errors):
 ])
 def test_verdicts_read_the_last_epoch_of_the_shallowest_and_deepest_nets(plain_deep, res_deep,
                                                                          expected):
-    rows = _rows({(False, 20): [90.0, 20.0], (False, 32): [90.0, 99.0], (False, 56): [0.0, plain_deep],
+    rows = _rows({(False, 20): [90.0, 20.0], (False, 32): [90.0, 99.0],
+                  (False, 56): [0.0, plain_deep],
                   (True, 20): [90.0, 10.0], (True, 56): [0.0, res_deep]})
     result = verdicts(rows)
     assert (result["plain_degrades"], result["residual_improves"]) == expected
-    assert f"plain-56 ends at {plain_deep:.1f}% training error, plain-20 at 20.0%" in result["lines"][0]
+    expected_line = f"plain-56 ends at {plain_deep:.1f}% training error, plain-20 at 20.0%"
+    assert expected_line in result["lines"][0]
 
 
 def test_read_curves_types_the_columns(finished):

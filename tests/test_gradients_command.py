@@ -27,7 +27,8 @@ def test_default_runs_both_settings_and_writes_the_batch_norm_column(tmp_path, c
             counts[key] = counts.get(key, 0) + 1
         assert counts == {(net, bn): per_net for net in ("plain", "residual") for bn in "01"}
     # the two settings really differ: BN rows carry batch-norm output statistics, no-BN rows none
-    assert all(r["bn_output_std"] for r in layers if r["batch_norm"] == "1" and r["type"] == "Conv2d")
+    assert all(r["bn_output_std"] for r in layers
+               if r["batch_norm"] == "1" and r["type"] == "Conv2d")
     assert not any(r["bn_output_std"] for r in layers if r["batch_norm"] == "0")
     for name in ("layer_gradients.png", "residual_split_bn.png", "residual_split_no_bn.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name

@@ -260,12 +260,13 @@ if PRESET == "laptop":  # what the prose below quotes from the measured run
 # of the 3x3 layers (mean 0.961 against 1.003), and the difference sits where the paper's reading
 # puts it, at the end of each residual branch: the conv2 batch norms that produce $F(x)$ give
 # 0.906 in ResNet-20 against 0.999 in plain-20, and their learned scales $|\gamma|$ average 0.890
-# against 0.988. In the figure that is ResNet-20's zigzag: from the second block on, every block-end
-# layer dips to about 0.9 while the plain net stays near 1. Inside the branches (conv1) the two are the same (1.004 and
-# 1.001). The deeper ResNet also has the smaller responses (0.961 against ResNet-8's 1.003), the
-# paper's second observation. The effect is small, 4% on average and 9% at the block ends, after
-# a short run from responses that all started at exactly 1; the paper's nets, trained 200 times
-# longer, show it larger. One seed: the size is not a measured range.
+# against 0.988. In the figure that is ResNet-20's zigzag: from the second block on, every
+# block-end layer dips to about 0.9 while the plain net stays near 1. Inside the branches (conv1)
+# the two are the same (1.004 and 1.001). The deeper ResNet also has the smaller responses (0.961
+# against ResNet-8's 1.003), the paper's second observation. The effect is small, 4% on average
+# and 9% at the block ends, after a short run from responses that all started at exactly 1; the
+# paper's nets, trained 200 times longer, show it larger. One seed: the size is not a measured
+# range.
 #
 # In quick mode (a few dozen steps on synthetic data) the scales have had little time to move
 # away from 1 (the |gamma| line says how far they got), and the verdicts above are small effects

@@ -11,5 +11,6 @@ from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, load_run_
                          read_curves, run_degradation, verdicts, write_figure)
 from .plots import plot_degradation
 
-__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "load_run_data", "load_trained", "net_name",
+__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "load_run_data", "load_trained",
+           "net_name",
            "plot_degradation", "read_curves", "run_degradation", "verdicts", "write_figure"]

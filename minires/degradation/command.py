@@ -1,4 +1,4 @@
-"""`minires degradation`: Figure 6 of He et al. (2015), plain vs residual nets trained at each depth.
+"""`minires degradation`: Figure 6 of He et al. (2015), plain vs residual nets trained per depth.
 
     minires degradation --preset laptop --data cifar10 --out runs/degradation
     minires degradation --preset gpu --device cuda               # the paper's full run
@@ -22,7 +22,8 @@ def add_arguments(parser):
                              "synthetic stand-in (default: the preset's)")
     parser.add_argument("--data-root", help="folder holding CIFAR-10 (default: $MINIRES_DATA "
                                             "or ~/.cache/minires)")
-    parser.add_argument("--depths", type=int, nargs="+", help="CIFAR depths, 6n+2 (e.g. 20 32 44 56)")
+    parser.add_argument("--depths", type=int, nargs="+",
+                        help="CIFAR depths, 6n+2 (e.g. 20 32 44 56)")
     parser.add_argument("--epochs", type=int, help="epochs per net; the lr drops 10x at 50%% "
                                                    "and 75%% of them")
     parser.add_argument("--n-train", type=int, help="training images (the first N)")

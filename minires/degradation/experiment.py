@@ -8,7 +8,7 @@ the same batches. Only the shortcuts differ.
 Output folder::
 
     config.json          the settings; a rerun with other settings is refused (use another --out)
-    curves.csv           net, depth, residual, epoch, train_error, test_error: one row per net per epoch
+    curves.csv           net, depth, residual, epoch, train_error, test_error (per net per epoch)
     degradation.png      the figure (plain left, residual right)
     nets/plain-20/       the Trainer's checkpoint.npz, metrics.csv, learning_curve.png for one net
 

@@ -13,5 +13,5 @@ from .recorder import Recorder, record, shortcut_kind
 
 __all__ = ["record", "Recorder", "jacobian", "detect_anomaly", "compare", "one_batch",
            "record_gradients", "summary_lines", "write_csv", "plot_layer_gradients",
-           "plot_gradients_bn_vs_no_bn", "save_figure",
-           "plot_residual_split", "plot_layer_responses", "shortcut_kind", "count_flops", "FlopCount"]
+           "plot_gradients_bn_vs_no_bn", "save_figure", "plot_residual_split",
+           "plot_layer_responses", "shortcut_kind", "count_flops", "FlopCount"]

@@ -82,11 +82,11 @@ def summary_lines(results):
     return lines
 
 
-LAYER_COLUMNS = ("net", "depth", "batch_norm", "index", "layer", "type", "input_grad_norm", "weight_grad_norm",
-                 "output_mean", "output_std", "bn_output_mean", "bn_output_std")
-BLOCK_COLUMNS = ("net", "depth", "batch_norm", "block", "kind", "shortcut", "input_grad_norm", "output_grad_norm",
-                 "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm", "total_grad_norm",
-                 "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
+LAYER_COLUMNS = ("net", "depth", "batch_norm", "index", "layer", "type", "input_grad_norm",
+                 "weight_grad_norm", "output_mean", "output_std", "bn_output_mean", "bn_output_std")
+BLOCK_COLUMNS = ("net", "depth", "batch_norm", "block", "kind", "shortcut", "input_grad_norm",
+                 "output_grad_norm", "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm",
+                 "total_grad_norm", "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
 
 
 def write_csv(runs, layers_path, blocks_path):
@@ -107,7 +107,7 @@ def write_csv(runs, layers_path, blocks_path):
 
 
 def _as_runs(runs):
-    """{batch_norm: results} from itself or from one results dict (its recorders know the setting)."""
+    """{batch_norm: results}: `runs` itself, or one results dict keyed by its recorders' setting."""
     first = next(iter(runs.values()), None)
     if isinstance(first, dict):
         return runs
