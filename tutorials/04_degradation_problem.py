@@ -31,7 +31,7 @@
 #
 # **Which run.** `MINIRES_PRESET` picks one of the command's presets:
 #
-* `laptop` (the default): real CIFAR-10, plain and residual nets of depth 8 and 20 at half
+# * `laptop` (the default): real CIFAR-10, plain and residual nets of depth 8 and 20 at half
 #   the paper's width (8, 16 and 32 channels), the first 5000 training images, 8 epochs at batch
 #   128 (320 steps per net), no augmentation. The CIFAR-10 binary release is downloaded on the
 #   first run (about 160 MB, into `$MINIRES_DATA`, default `~/.cache/minires`). What it showed,
