@@ -33,6 +33,8 @@ SUBCOMMANDS = (
             "plain vs residual gradient norms per layer and the +1 split, at initialisation"),
     Command("train", "minires.train_command",
             "train a network on CIFAR-10 or synthetic data (the paper's recipe by default)"),
+    Command("degradation", "minires.degradation.command",
+            "Figure 6: plain vs residual nets trained at each depth (resumable)"),
     Command("assignment", "minires.assignments.cli",
             "classroom assignments: list them, make a student workspace, grade one"),
 )

@@ -80,13 +80,14 @@ class CifarResNet(nn.Module):
 
 
 def cifar_resnet(depth, residual=True, preact=False, shortcut="A", num_classes=10,
-                 batch_norm=True, bottleneck=False, init="he"):
+                 batch_norm=True, bottleneck=False, init="he", width=16):
     """A CIFAR-10 network of the paper's 6n+2 family (9n+2 with bottleneck blocks).
 
     residual=False builds the plain net of the same depth: the same convs, BNs and fc, no shortcut
     (with option A the parameter count is the same). batch_norm=False replaces every BN with
     Identity and gives the convs biases. init: 'he' (Kaiming fan_out, as torchvision) or 'torch'
-    (PyTorch's default uniform).
+    (PyTorch's default uniform). width: the first stage's channels (the paper's 16; the stages
+    have width, 2*width, 4*width), narrower for quick CPU experiments.
     """
     n = cifar_block_count(depth, bottleneck)
     if preact and not residual:
@@ -100,7 +101,7 @@ def cifar_resnet(depth, residual=True, preact=False, shortcut="A", num_classes=1
         block = PreActBlock
     else:
         block = BasicBlock if residual else PlainBlock
-    model = CifarResNet(block, n, num_classes, shortcut, batch_norm)
+    model = CifarResNet(block, n, num_classes, shortcut, batch_norm, width)
     return _initialise(model, init)
 
 

@@ -29,14 +29,12 @@
 import os
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minires
 from minires import functional as F
+from minires.inspect import save_figure
 
 QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
@@ -234,8 +232,7 @@ right.grid(True, which="both", alpha=0.3)
 right.legend()
 fig.tight_layout()
 path = FIGURES / "01_chain_gradient_vs_depth.png"
-fig.savefig(path, dpi=100)
-plt.close(fig)
+save_figure(fig, path)  # shown inline in a notebook, closed in a script
 print("saved", path)
 
 plain_median = np.median(curves[False], axis=1)

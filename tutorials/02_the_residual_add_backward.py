@@ -32,15 +32,13 @@
 import os
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minires
 from minires import functional as F
 from minires import backend, inspect, models, nn
+from minires.inspect import save_figure
 
 QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
@@ -221,8 +219,7 @@ ax.legend()
 ax.grid(True, alpha=0.3)
 fig.tight_layout()
 path = FIGURES / "02_jacobian_singular_values.png"
-fig.savefig(path, dpi=100)
-plt.close(fig)
+save_figure(fig, path)  # shown inline in a notebook, closed in a script
 print("saved", path)
 
 # Weyl's inequality: every singular value of I + A lies within ||A|| (A's largest one) of 1.

@@ -31,9 +31,6 @@
 import os
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
 import numpy as np
 
 from minires import inspect

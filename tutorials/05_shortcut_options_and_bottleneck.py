@@ -38,15 +38,12 @@ import os
 import pathlib
 import time
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minires
 from minires import functional as F
-from minires.inspect import count_flops
+from minires.inspect import count_flops, save_figure
 from minires.models import (cifar_block_count, cifar_resnet, resnet18, resnet34, resnet50,
                             resnet101, resnet152)
 from minires.nn import BasicBlock, Bottleneck
@@ -63,8 +60,7 @@ def save(fig, name):
     """Write a figure into FIGURES as a PNG, and say where."""
     fig.tight_layout()
     path = FIGURES / name
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)  # shown inline in a notebook, closed in a script
     print("saved", path)
 
 

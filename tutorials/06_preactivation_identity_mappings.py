@@ -38,15 +38,13 @@
 import os
 import pathlib
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are saved as PNG files; a notebook can display them from there
 import matplotlib.pyplot as plt
 import numpy as np
 
 import minires
 from minires import functional as F
 from minires import backend, inspect, models
+from minires.inspect import save_figure
 
 QUICK = os.environ.get("MINIRES_QUICK") == "1"
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
@@ -205,8 +203,7 @@ for ax in (top, bottom):
     ax.grid(True, which="both", alpha=0.3)
 fig.tight_layout()
 path = FIGURES / "06_shortcut_split_original_vs_preact.png"
-fig.savefig(path, dpi=100)
-plt.close(fig)
+save_figure(fig, path)  # shown inline in a notebook, closed in a script
 print("saved", path)
 
 for name, rec in recorders.items():

@@ -1,23 +1,29 @@
 """`minires gradients`: the main job. Plain vs residual gradient norms at initialisation.
 
-    minires gradients --depths 20 56 110 --bn --device cpu --out runs/gradients
+    minires gradients --depths 20 56 110 --device cpu --out runs/gradients
 
-writes layer_gradients.png (per-layer ||dL/d input||, plain vs residual, log scale),
-residual_split.png (the "+1" per block), layers.csv and blocks.csv (every number), and prints the
-ratio of the gradient norm at the first block's input to the last block's input for each net.
+runs every net twice, without batch norm (PyTorch's default init) and with it (He init), and writes
+layer_gradients.png (per-layer ||dL/d input||, plain vs residual, log scale: the two settings side
+by side, one row per depth), residual_split_bn.png and residual_split_no_bn.png (the "+1" per
+block), layers.csv and blocks.csv (every number, with a batch_norm column), and prints the ratio of
+the gradient norm at the first block's input to the last block's input for each net.
+`--bn` or `--no-bn` runs only that setting.
 """
 import os
 
 from tqdm import tqdm
 
+SETTINGS = {True: ("bn", "with BN, He init"), False: ("no_bn", "without BN, PyTorch default init")}
+
 
 def add_arguments(parser):
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110],
                         help="CIFAR depths, 6n+2 (default: 20 56 110)")
-    parser.add_argument("--bn", dest="batch_norm", action="store_true", default=True,
-                        help="with batch norm, He init (default)")
-    parser.add_argument("--no-bn", dest="batch_norm", action="store_false",
-                        help="without batch norm, PyTorch's default conv init")
+    parser.add_argument("--bn", dest="batch_norm", action="store_const", const=True,
+                        help="only with batch norm, He init (default: both settings)")
+    parser.add_argument("--no-bn", dest="batch_norm", action="store_const", const=False,
+                        help="only without batch norm, PyTorch's default conv init "
+                             "(default: both settings)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", choices=("synthetic", "cifar10", "auto"), default="auto",
@@ -27,24 +33,28 @@ def add_arguments(parser):
 
 
 def run(args):
-    from . import compare, plot_layer_gradients, plot_residual_split, summary_lines, write_csv
+    from . import compare, plot_residual_split, summary_lines, write_csv
     from ..models import cifar_block_count
+    from .plots import plot_gradients_bn_vs_no_bn
 
     for depth in args.depths:
         cifar_block_count(depth)  # a clear error for a depth outside 6n+2, before any work
     os.makedirs(args.out, exist_ok=True)
-    with tqdm(total=2 * len(args.depths), desc="plain and residual nets", unit="net") as bar:
-        results, source = compare(args.depths, args.batch_norm, args.batch_size, args.seed,
-                                  args.device, args.data, progress=bar)
-    setting = "with BN, He init" if args.batch_norm else "without BN, PyTorch default init"
-    files = [
-        plot_layer_gradients(results, os.path.join(args.out, "layer_gradients.png"),
-                             f"||dL/d(layer input)|| at initialisation, {setting} ({source} batch)"),
-        plot_residual_split(results, os.path.join(args.out, "residual_split.png")),
-    ]
-    layers_csv, blocks_csv = (os.path.join(args.out, name) for name in ("layers.csv", "blocks.csv"))
-    write_csv(results, layers_csv, blocks_csv)
-    print(f"Gradient norms at initialisation, {setting}, batch {args.batch_size} of {source} data:")
-    print("\n".join(summary_lines(results)))
-    print("wrote " + ", ".join(files + [layers_csv, blocks_csv]))
+    settings = [False, True] if args.batch_norm is None else [args.batch_norm]
+    runs = {}
+    with tqdm(total=2 * len(args.depths) * len(settings), desc="plain and residual nets",
+              unit="net") as bar:
+        for batch_norm in settings:
+            runs[batch_norm], source = compare(args.depths, batch_norm, args.batch_size,
+                                               args.seed, args.device, args.data, progress=bar)
+    path = lambda name: os.path.join(args.out, name)  # noqa: E731
+    files = [plot_gradients_bn_vs_no_bn(runs, path("layer_gradients.png"), source)]
+    files += [plot_residual_split(runs[bn], path(f"residual_split_{SETTINGS[bn][0]}.png"))
+              for bn in settings]
+    write_csv(runs, path("layers.csv"), path("blocks.csv"))
+    for batch_norm in settings:
+        print(f"Gradient norms at initialisation, {SETTINGS[batch_norm][1]}, batch "
+              f"{args.batch_size} of {source} data:")
+        print("\n".join(summary_lines(runs[batch_norm])))
+    print("wrote " + ", ".join(files + [path("layers.csv"), path("blocks.csv")]))
     return 0

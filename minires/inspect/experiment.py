@@ -57,6 +57,7 @@ def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None
         loss = F.cross_entropy(model(x), y)
         loss.backward()
     rec.loss = float(loss.item())
+    rec.batch_norm = batch_norm
     return rec
 
 
@@ -82,20 +83,37 @@ def summary_lines(results):
     return lines
 
 
-LAYER_COLUMNS = ("net", "depth", "index", "layer", "type", "input_grad_norm", "weight_grad_norm",
-                 "output_mean", "output_std", "bn_output_mean", "bn_output_std")
-BLOCK_COLUMNS = ("net", "depth", "block", "kind", "shortcut", "input_grad_norm", "output_grad_norm",
-                 "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm", "total_grad_norm",
-                 "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
+LAYER_COLUMNS = ("net", "depth", "batch_norm", "index", "layer", "type", "input_grad_norm",
+                 "weight_grad_norm", "output_mean", "output_std", "bn_output_mean", "bn_output_std")
+BLOCK_COLUMNS = ("net", "depth", "batch_norm", "block", "kind", "shortcut", "input_grad_norm",
+                 "output_grad_norm", "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm",
+                 "total_grad_norm", "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
 
 
-def write_csv(results, layers_path, blocks_path):
-    """Every recorded number: one row per layer, and one row per block."""
+def write_csv(runs, layers_path, blocks_path):
+    """Every recorded number: one row per layer, and one row per block, of every net in `runs`
+    ({batch_norm: compare()'s results}, or one results dict); the batch_norm column says which
+    setting a row belongs to (1 with BN, 0 without)."""
+    runs = _as_runs(runs)
     for path, columns, rows_of in ((layers_path, LAYER_COLUMNS, lambda r: r.layers),
                                    (blocks_path, BLOCK_COLUMNS, lambda r: r.block_stats)):
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
-            for (net, depth), rec in results.items():
-                for row in rows_of(rec):
-                    writer.writerow({"net": net, "depth": depth, **row})
+            for batch_norm, results in runs.items():
+                for (net, depth), rec in results.items():
+                    for row in rows_of(rec):
+                        writer.writerow({"net": net, "depth": depth,
+                                         "batch_norm": int(batch_norm), **row})
+
+
+def _as_runs(runs):
+    """{batch_norm: results}: `runs` itself, or one results dict keyed by its recorders' setting."""
+    first = next(iter(runs.values()), None)
+    if isinstance(first, dict):
+        return runs
+    settings = {getattr(rec, "batch_norm", True) for rec in runs.values()}
+    if len(settings) != 1:
+        raise ValueError("write_csv: the results mix BN and no-BN nets; pass "
+                         "{True: with_bn_results, False: no_bn_results}")
+    return {settings.pop(): runs}

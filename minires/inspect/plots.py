@@ -1,13 +1,31 @@
-"""Figures of the recorded numbers (matplotlib, imported only when a figure is drawn)."""
+"""Figures of the recorded numbers (matplotlib, imported only when a figure is drawn).
+
+Figures are drawn with pyplot, so a notebook shows them inline (the backend is MPLBACKEND's or
+Jupyter's; nothing here forces one); they are always saved as PNG, and closed unless an inline
+backend will display them.
+"""
+NET_COLOURS = {"plain": "tab:red", "residual": "tab:blue"}
+ZIGZAG_NOTE = ("Filled dots: the input of each block (its first conv's input; in a ResNet, where "
+               "the shortcut and branch gradients have just been added). Open dots: the middle of "
+               "each block (its second conv's input, inside the branch). The two alternate, hence "
+               "the zigzag. Dotted lines: stage boundaries (channels double, resolution halves).")
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path, dpi=100):
+    """Save `fig` as a PNG at `path` and return the path. Under a notebook's inline backend the
+    figure stays open, so Jupyter draws it under the cell; anywhere else it is closed (a script
+    draws no window and keeps no figure in memory)."""
+    plt = _pyplot()
+    fig.savefig(path, dpi=dpi)
+    if "inline" not in plt.get_backend():
+        plt.close(fig)
+    return path
 
 
 def _series(rows, key):
@@ -15,26 +33,83 @@ def _series(rows, key):
     return [p[0] for p in points], [p[1] for p in points]
 
 
+def _draw_layer_gradients(ax, results, depth):
+    """One panel: ||dL/d(layer input)|| per layer of plain-`depth` and ResNet-`depth`, block inputs
+    filled and mid-block inputs open, stage boundaries dotted, the fc point labelled."""
+    rows = None
+    for net, colour in NET_COLOURS.items():
+        if (net, depth) not in results:
+            continue
+        rec = results[(net, depth)]
+        rows = rec.layers
+        xs, ys = _series(rows, "input_grad_norm")
+        ax.semilogy(xs, ys, "-", lw=0.8, color=colour,
+                    label=f"{net}-{depth}: first/last block {rec.summary():.2g}x")
+        mid = [rows[i]["layer"].endswith(".conv2") for i in xs]
+        ax.semilogy([x for x, m in zip(xs, mid) if not m], [y for y, m in zip(ys, mid) if not m],
+                    "o", ms=3.5, color=colour)
+        ax.semilogy([x for x, m in zip(xs, mid) if m], [y for y, m in zip(ys, mid) if m],
+                    "o", ms=3.5, mfc="white", color=colour)
+    if rows is None:
+        return
+    for stage in (2, 3):
+        start = next((i for i, r in enumerate(rows) if r["layer"] == f"layer{stage}.0.conv1"), None)
+        if start is not None:
+            ax.axvline(start - 0.5, color="grey", ls=":", lw=1)
+            ax.annotate(f"stage {stage}", (start - 0.5, 1), xycoords=("data", "axes fraction"),
+                        xytext=(3, -12), textcoords="offset points", fontsize=8, color="grey")
+    if rows[-1]["layer"] == "fc":
+        for net in NET_COLOURS:
+            if (net, depth) in results and results[(net, depth)].layers[-1].get("input_grad_norm"):
+                last = results[(net, depth)].layers[-1]
+                ax.annotate("fc input\n(pooled features)", (last["index"], last["input_grad_norm"]),
+                            xytext=(-95, -24), textcoords="offset points", fontsize=7,
+                            bbox=dict(boxstyle="round", fc="white", ec="none", alpha=0.85),
+                            arrowprops=dict(arrowstyle="->", lw=0.6))
+                break
+    ax.set_xlabel("layer: input side → output side (conv1 = image input, last = fc)")
+    ax.set_ylabel("||dL/d(layer input)||")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+
+
 def plot_layer_gradients(results, path, title="||dL/d(layer input)|| at initialisation"):
     """Per-layer activation-gradient norms, plain vs residual, one panel per depth, log scale."""
     plt = _pyplot()
     depths = sorted({d for _, d in results})
-    fig, axes = plt.subplots(1, len(depths), figsize=(5 * len(depths), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(depths), figsize=(5.5 * len(depths), 4.6), squeeze=False)
     for ax, depth in zip(axes[0], depths):
-        for net, colour in (("plain", "tab:red"), ("residual", "tab:blue")):
-            if (net, depth) in results:
-                xs, ys = _series(results[(net, depth)].layers, "input_grad_norm")
-                ax.semilogy(xs, ys, ".-", color=colour, label=f"{net}-{depth}")
-        ax.set_xlabel("layer (input side → output side)")
-        ax.set_ylabel("gradient norm")
+        _draw_layer_gradients(ax, results, depth)
         ax.set_title(f"depth {depth}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    fig.text(0.5, 0.01, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=7.5, wrap=True)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return save_figure(fig, path)
+
+
+def plot_gradients_bn_vs_no_bn(runs, path, source="synthetic"):
+    """The main job's figure: without BN (left) and with BN (right), one row per depth.
+
+    runs: {batch_norm: compare()'s results}. Without BN (PyTorch's default init) the plain net's
+    gradient vanishes toward the input; with BN (He init) it grows toward the input instead. The
+    legend gives each net's first/last block ratio, so either story reads off the figure.
+    """
+    plt = _pyplot()
+    settings = [bn for bn in (False, True) if bn in runs]
+    depths = sorted({d for results in runs.values() for _, d in results})
+    fig, axes = plt.subplots(len(depths), len(settings), squeeze=False,
+                             figsize=(6.5 * len(settings), 3.6 * len(depths) + 0.8))
+    for column, batch_norm in enumerate(settings):
+        for row, depth in enumerate(depths):
+            ax = axes[row][column]
+            _draw_layer_gradients(ax, runs[batch_norm], depth)
+            setting = "with BN, He init" if batch_norm else "without BN, PyTorch default init"
+            ax.set_title(f"depth {depth}, {setting}", fontsize=10)
+    fig.suptitle(f"||dL/d(layer input)|| at initialisation, one {source} batch: a ratio below 1 "
+                 "vanishes toward the input, above 1 grows")
+    fig.text(0.5, 0.005, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=8, wrap=True)
+    fig.tight_layout(rect=(0, 0.45 / (3.6 * len(depths) + 0.8), 1, 1))
+    return save_figure(fig, path)
 
 
 def plot_residual_split(results, path):
@@ -63,9 +138,7 @@ def plot_residual_split(results, path):
             ax.grid(True, which="both", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_layer_responses(results, path, key="bn_output_std",
@@ -81,6 +154,4 @@ def plot_layer_responses(results, path, key="bn_output_std",
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -1,0 +1,65 @@
+"""`minires gradients`, the main job: BN and no-BN side by side by default, a batch_norm column in
+both CSVs, and a figure that explains itself (stage boundaries, the fc point, the zigzag)."""
+import csv
+
+import pytest
+
+from minires import cli
+from minires.inspect import compare, plots
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_runs_both_settings_and_writes_the_batch_norm_column(tmp_path, capsys):
+    assert cli.main(["gradients", "--depths", "8", "--batch-size", "4", "--data", "synthetic",
+                     "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "without BN, PyTorch default init" in printed and "with BN, He init" in printed
+    layers, blocks = _rows(tmp_path / "layers.csv"), _rows(tmp_path / "blocks.csv")
+    for rows, per_net in ((layers, 8), (blocks, 3)):  # depth 8: 7 convs + fc; 3 blocks
+        assert rows[0].keys() >= {"net", "depth", "batch_norm"}
+        counts = {}
+        for r in rows:
+            key = (r["net"], r["batch_norm"])
+            counts[key] = counts.get(key, 0) + 1
+        assert counts == {(net, bn): per_net for net in ("plain", "residual") for bn in "01"}
+    # the two settings really differ: BN rows carry batch-norm output statistics, no-BN rows none
+    assert all(r["bn_output_std"] for r in layers
+               if r["batch_norm"] == "1" and r["type"] == "Conv2d")
+    assert not any(r["bn_output_std"] for r in layers if r["batch_norm"] == "0")
+    for name in ("layer_gradients.png", "residual_split_bn.png", "residual_split_no_bn.png"):
+        assert (tmp_path / name).stat().st_size > 10_000, name
+
+
+def test_no_bn_flag_runs_that_setting_only(tmp_path):
+    assert cli.main(["gradients", "--depths", "8", "--batch-size", "4", "--data", "synthetic",
+                     "--no-bn", "--out", str(tmp_path)]) == 0
+    assert {r["batch_norm"] for r in _rows(tmp_path / "layers.csv")} == {"0"}
+    assert not (tmp_path / "residual_split_bn.png").exists()
+
+
+def test_the_figure_labels_stages_fc_and_zigzag(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    runs = {bn: compare((8, 14), batch_norm=bn, batch_size=4, data="synthetic")[0]
+            for bn in (False, True)}
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    plots.plot_gradients_bn_vs_no_bn(runs, tmp_path / "g.png")
+    fig = drawn[0]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["depth 8, without BN, PyTorch default init",
+                      "depth 8, with BN, He init",
+                      "depth 14, without BN, PyTorch default init",
+                      "depth 14, with BN, He init"]
+    for ax in fig.axes:
+        labels = {text.get_text() for text in ax.texts}
+        assert {"stage 2", "stage 3", "fc input\n(pooled features)"} <= labels, labels
+        legend = [t.get_text() for t in ax.get_legend().get_texts()]
+        depth = ax.get_title().split(",")[0].split()[1]
+        assert [t.split(":")[0] for t in legend] == [f"plain-{depth}", f"residual-{depth}"]
+        assert all("first/last block" in t for t in legend)
+    note = " ".join(t.get_text() for t in fig.texts)
+    assert "zigzag" in note and "Filled dots: the input of each block" in note
