@@ -36,9 +36,8 @@ What a Trainer guarantees:
 - **A divergence guard.** A non-finite loss or gradient stops the run before the update with a
   DivergenceError naming the epoch, the step and the first parameter that went bad; so does a
   forward pass that makes a buffer (batch norm's running statistics) non-finite, or an update that
-  makes a parameter non-finite. A checkpoint is never written from non-finite
-  state, so the last good one stays. `allow_nonfinite=True` turns all of this off, for studying
-  divergence.
+  makes a parameter non-finite. A checkpoint is never written from non-finite state, so the last
+  good one stays. `allow_nonfinite=True` turns all of this off, for studying divergence.
 """
 import csv
 import io
