@@ -167,15 +167,21 @@ def _read_npz(path):
 
 # --- reading fields back, checked -------------------------------------------------------------
 
+def section(sections, name):
+    """sections[name], or a CheckpointError saying which sections the checkpoint has."""
+    if name not in sections:
+        raise CheckpointError(f"the checkpoint has no section '{name}' (it has "
+                              f"{', '.join(sorted(sections)) or 'none'})")
+    return sections[name]
+
+
 def field(sections, name):
     """sections["section"]["key"] for name "section/key"; CheckpointError naming what is missing."""
-    section, key = name.split("/", 1)
-    if section not in sections:
-        raise CheckpointError(f"the checkpoint has no section '{section}' (it has "
-                              f"{', '.join(sorted(sections)) or 'none'})")
-    if key not in sections[section]:
+    section_name, key = name.split("/", 1)
+    values = section(sections, section_name)
+    if key not in values:
         raise CheckpointError(f"the checkpoint has no field {name}")
-    return sections[section][key]
+    return values[key]
 
 
 def read_int(sections, name, low, high):
@@ -204,20 +210,16 @@ def read_float(sections, name, low=-np.inf, high=np.inf, finite=True):
 
 
 def read_array(sections, name, kinds, shape):
-    """The array field `name`, checked to have a dtype kind in `kinds` ("f", "iu", "U") and
-    `shape` (None in a dimension: any length)."""
+    """The array field `name`, checked to have a dtype kind in `kinds` ("f", "iu", "u", "U") and
+    exactly `shape`."""
     value = np.asarray(field(sections, name))
-    fits = value.ndim == len(shape) and all(s is None or s == n for s, n in zip(shape, value.shape))
-    if value.dtype.kind not in kinds or not fits:
-        wanted = "(" + ", ".join("any" if s is None else str(s) for s in shape) + \
-                 ("," if len(shape) == 1 else "") + ")"
-        raise CheckpointError(f"{name} must be an array of shape {wanted} and kind "
-                              f"{_KIND_NAMES.get(kinds, kinds)}, got {_describe(value)}")
+    if value.dtype.kind not in kinds or value.shape != tuple(shape):
+        raise CheckpointError(f"{name} must be an array of shape {tuple(shape)} and kind "
+                              f"{_KIND_NAMES[kinds]}, got {_describe(value)}")
     return value
 
 
-_KIND_NAMES = {"f": "float", "iu": "integer", "U": "string", "iuf": "number", "b": "bool",
-               "u": "unsigned integer"}
+_KIND_NAMES = {"f": "float", "iu": "integer", "u": "unsigned integer", "U": "string"}
 
 
 def _describe(value):

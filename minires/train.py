@@ -36,9 +36,8 @@ What a Trainer guarantees:
 - **A divergence guard.** A non-finite loss or gradient stops the run before the update with a
   DivergenceError naming the epoch, the step and the first parameter that went bad; so does a
   forward pass that makes a buffer (batch norm's running statistics) non-finite, or an update that
-  makes a parameter non-finite. A checkpoint is never written from non-finite
-  state, so the last good one stays. `allow_nonfinite=True` turns all of this off, for studying
-  divergence.
+  makes a parameter non-finite. A checkpoint is never written from non-finite state, so the last
+  good one stays. `allow_nonfinite=True` turns all of this off, for studying divergence.
 """
 import csv
 import io
@@ -55,7 +54,7 @@ from . import backend
 from . import functional as F
 from .autograd import Tensor, no_grad
 from .checkpoint import (CheckpointError, atomic_write, field, load_checkpoint, read_array,
-                         read_float, read_int, remove_stale_temp_files, save_checkpoint)
+                         read_float, read_int, remove_stale_temp_files, save_checkpoint, section)
 from .optim import SGD
 from .optim.lr_scheduler import MultiStepLR
 
@@ -353,7 +352,7 @@ class Trainer:
     def _compare_settings(self, sections, allow_changes):
         """[(setting, old, new)] that may differ; SettingsChanged if any other one differs."""
         saved = {key: _setting(f"config/{key}", value)
-                 for key, value in _section(sections, "config").items()}
+                 for key, value in section(sections, "config").items()}
         differ = [(key, saved.get(key), self.config.get(key))
                   for key in sorted(set(saved) | set(self.config))
                   if saved.get(key) != self.config.get(key)]
@@ -382,7 +381,7 @@ class Trainer:
         if unexpected:
             raise CheckpointError(f"the checkpoint has an unexpected section '{unexpected[0]}'")
         for name in sorted(expected):
-            _section(sections, name)
+            section(sections, name)
         self._check_model_section(sections)
         if not self.allow_nonfinite:
             bad = _first_nonfinite((f"{name}/{key}", np.asarray(value))
@@ -562,13 +561,6 @@ def _check_same_settings(sections, name, current, is_setting):
         new = _setting(key, current[key]) if key in current else None
         if old != new:
             raise CheckpointError(f"{name}/{key} is {_show(old)}, this trainer's is {_show(new)}")
-
-
-def _section(sections, name):
-    if name not in sections:
-        raise CheckpointError(f"the checkpoint has no section '{name}' (it has "
-                              f"{', '.join(sorted(sections)) or 'none'})")
-    return sections[name]
 
 
 def _check_counts(epochs, checkpoint_every, steps_per_epoch, batches_per_epoch, loader_len):
