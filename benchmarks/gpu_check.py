@@ -13,7 +13,7 @@ steps, each a subprocess with its own time limit (their sum stays under five min
   suite       MINIRES_DEVICE=cuda pytest: the whole suite with cuda as the default device
   main job    minires gradients --device cuda --depths 20 56 110
   train       minires train --device cuda: one epoch of ResNet-20 on synthetic data
-  train_step  benchmarks/train_step.py --device cuda: img/s and memory against PyTorch
+  train_step  benchmarks/train_step.py --device cuda: ResNet-20 img/s and memory against PyTorch
 
 It writes one log (default $OUT/gpu_check.log when $OUT is set, else runs/gpu_check.log) with every
 step's full output, puts the steps' files (figures, CSVs, JSON) in a folder beside it, and prints a
@@ -59,21 +59,20 @@ def steps(files, standin):
         suite = ["tests"]
         depths, batch = ["20", "56", "110"], "32"
         train = ["--model", "resnet20", "--batch-size", "128"]
-        bench = ["--model", "resnet20", "resnet56", "--batch", "128", "--frameworks", "minires",
-                 "torch"]
+        bench = ["--model", "resnet20", "--batch", "128", "--frameworks", "minires", "torch"]
     return [
-        ("env", on_cuda + ["-c", ENV_PROBE], 20, summarize_env),
-        ("cuda tests", pytest + cuda_tests, 60, summarize_pytest),
-        ("suite", pytest + suite, 90, summarize_pytest),
+        ("env", on_cuda + ["-c", ENV_PROBE], 15, summarize_env),
+        ("cuda tests", pytest + cuda_tests, 75, summarize_pytest),
+        ("suite", pytest + suite, 100, summarize_pytest),
         ("main job", on_cuda + ["-m", "minires", "gradients", "--device", "cuda", "--depths",
                                 *depths, "--batch-size", batch, "--data", "synthetic",
-                                "--out", str(files / "gradients")], 45, summarize_gradients),
+                                "--out", str(files / "gradients")], 40, summarize_gradients),
         ("train", on_cuda + ["-m", "minires", "train", "--device", "cuda", "--data", "synthetic",
                              "--epochs", "1", "--no-progress", *train,
-                             "--out", str(files / "train")], 30,
+                             "--out", str(files / "train")], 25,
          lambda output: summarize_train(files / "train" / "metrics.csv")),
         ("train_step", on_cuda + [str(ROOT / "benchmarks" / "train_step.py"), "--device", "cuda",
-                                  *bench, "--json", str(files / "train_step.json")], 45,
+                                  *bench, "--json", str(files / "train_step.json")], 35,
          lambda output: summarize_train_step(files / "train_step.json")),
     ]
 

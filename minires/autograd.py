@@ -493,7 +493,7 @@ def current_scope():
 # grad_output dL/d(output), an array;  grad_inputs: tuple, grad_inputs[i] = dL/d(inputs[i]), an
 #             array, or None where no gradient flows
 # Observers only look: they must not change any of these. They are process-wide and run in the
-# thread that runs the op; a per-thread mode (anomaly) keeps its own thread-local switch.
+# thread that runs the op; a per-thread mode (anomaly) checks which thread calls it.
 
 class _Observers:
     """Callbacks that threads may add and remove while others call them: every change makes a

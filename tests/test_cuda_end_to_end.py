@@ -1,14 +1,11 @@
-"""End to end on the cuda device (a real GPU, or the CuPy stand-in without one): the main job and
-training from the command line, checkpoints across devices, and the errors a GPU user can meet.
+"""End to end on the cuda device (a real GPU, or the CuPy stand-in without one): the main job's
+numbers, checkpoints across devices, and the errors a GPU user can meet.
 
-The inspect tools on cuda tensors are the `cuda` variants in test_inspect.py (record, the "+1"
-split, jacobian, detect_anomaly) and test_gradcheck_ops.py (gradcheck of every op).
+`python -m minires gradients --device cuda` and `python -m minires train --device cuda` run as
+commands in test_cuda_gpu_check.py (the gpu_check dry run, which also loads the checkpoint on the
+CPU). The inspect tools on cuda tensors are the `cuda` variants in test_inspect.py (record, the
+"+1" split, jacobian, detect_anomaly) and test_gradcheck_ops.py (gradcheck of every op).
 """
-import csv
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,63 +14,9 @@ import minires
 from minires import backend, inspect, models, nn
 from minires import functional as F
 from minires.checkpoint import load_checkpoint, save_checkpoint
-from minires.cli import main
 from minires.optim import SGD
 
-import cupy_standin
-
 pytestmark = pytest.mark.cuda
-ROOT = Path(__file__).resolve().parents[1]
-RUNNER = ROOT / "tests" / "standin_run.py"
-
-
-def run_on_cuda(args, cwd):
-    """`python ARGS` in a subprocess that uses the same cuda device as this one (the stand-in is
-    registered by tests/standin_run.py there, as it is by conftest.py here)."""
-    runner = [str(RUNNER)] if cupy_standin.is_registered() else []
-    env = dict(os.environ, MPLBACKEND="Agg", MINIRES_DEVICE="cuda",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH"))
-                                          if p))
-    result = subprocess.run([sys.executable] + runner + args, cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (f"stdout:\n{result.stdout[-3000:]}\n"
-                                    f"stderr:\n{result.stderr[-3000:]}")
-    return result
-
-
-def read_csv(path):
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def test_main_job_on_cuda_gives_the_cpu_numbers(tmp_path):
-    """`minires gradients --device cuda` (it crashed on the GPU: the input stayed on the CPU)."""
-    args = ["gradients", "--depths", "8", "--batch-size", "8", "--data", "synthetic"]
-    run_on_cuda(["-m", "minires"] + args + ["--device", "cuda", "--out", str(tmp_path / "cuda")],
-                tmp_path)
-    assert main(args + ["--device", "cpu", "--out", str(tmp_path / "cpu")]) == 0
-    for name, column in (("layers.csv", "input_grad_norm"), ("blocks.csv", "shortcut_grad_norm")):
-        on_cuda, on_cpu = (read_csv(tmp_path / d / name) for d in ("cuda", "cpu"))
-        assert len(on_cuda) == len(on_cpu) > 0
-        got = [float(r[column]) for r in on_cuda if r[column]]
-        want = [float(r[column]) for r in on_cpu if r[column]]
-        assert len(got) == len(want) > 0
-        np.testing.assert_allclose(got, want, rtol=1e-3, err_msg=name)
-    assert (tmp_path / "cuda" / "layer_gradients.png").stat().st_size > 1024
-
-
-def test_train_on_cuda_writes_a_checkpoint_the_cpu_loads(tmp_path):
-    out = tmp_path / "run"
-    run_on_cuda(["-m", "minires", "train", "--device", "cuda", "--epochs", "1", "--model",
-                 "resnet8", "--batch-size", "16", "--data", "synthetic", "--steps-per-epoch", "2",
-                 "--n-train", "64", "--n-test", "32", "--no-progress", "--out", str(out)], tmp_path)
-    assert [row["epoch"] for row in read_csv(out / "metrics.csv")] == ["1"]
-    sections = load_checkpoint(out / "checkpoint.npz")
-    model = models.get_model("resnet8").to("cpu")
-    model.load_state_dict(sections["model"])
-    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
-    logits = model.eval()(minires.tensor(np.zeros((2, 3, 32, 32), np.float32), device="cpu"))
-    assert np.isfinite(logits.numpy()).all()
 
 
 def _sgd_step(model, optimizer, x, y):

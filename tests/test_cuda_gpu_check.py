@@ -1,5 +1,7 @@
 """benchmarks/gpu_check.py, the one command for a lent GPU machine, as a dry run on the CuPy
-stand-in: every step runs (at tiny sizes) and passes, so the script is ready when a GPU is."""
+stand-in: every step runs (at tiny sizes) and passes, so the script is ready when a GPU is. It is
+also the end-to-end test of `python -m minires gradients --device cuda` and `python -m minires
+train --device cuda` as commands (their checkpoint is loaded on the CPU here)."""
 import importlib.util
 import os
 import re
@@ -8,7 +10,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+import minires
+from minires import models
+from minires.checkpoint import load_checkpoint
+
+import cupy_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -22,6 +31,7 @@ def _env():
 
 @pytest.mark.slow
 @pytest.mark.cuda
+@pytest.mark.skipif(not cupy_standin.is_registered(), reason="on a GPU, gpu_check runs for real")
 def test_gpu_check_dry_run_passes_every_step_and_writes_its_log(tmp_path):
     log = tmp_path / "gpu_check.log"
     result = subprocess.run([sys.executable, str(SCRIPT), "--standin", "--log", str(log)],
@@ -38,6 +48,12 @@ def test_gpu_check_dry_run_passes_every_step_and_writes_its_log(tmp_path):
     assert text.count("exit status: 0") == len(STEPS)
     files = tmp_path / "gpu_check_files"
     assert (files / "gradients" / "layers.csv").is_file() and (files / "train_step.json").is_file()
+    # the checkpoint `minires train --device cuda` wrote loads on the CPU
+    model = models.get_model("resnet8").to("cpu")
+    model.load_state_dict(load_checkpoint(files / "train" / "checkpoint.npz")["model"])
+    assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
+    logits = model.eval()(minires.tensor(np.zeros((2, 3, 32, 32), np.float32), device="cpu"))
+    assert np.isfinite(logits.numpy()).all()
 
 
 def test_a_step_that_hangs_is_stopped_at_its_time_limit():

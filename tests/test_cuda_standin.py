@@ -41,7 +41,8 @@ def test_mixing_with_a_numpy_array_raises_on_either_side(mix):
 def test_minires_names_the_op_and_the_devices_when_tensors_mix():
     with pytest.raises(ValueError,
                        match=r"matmul: .*input 0 \(2, 3\) on cuda, input 1 \(3, 2\) on cpu"):
-        F.matmul(minires.tensor(np.ones((2, 3)), device="cuda"), minires.tensor(np.ones((3, 2))))
+        F.matmul(minires.tensor(np.ones((2, 3)), device="cuda"),
+                 minires.tensor(np.ones((3, 2)), device="cpu"))
 
 
 def test_moving_copies_both_ways():

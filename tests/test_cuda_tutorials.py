@@ -1,11 +1,12 @@
 """The tutorials in quick mode with MINIRES_DEVICE=cuda: a real GPU, or the CuPy stand-in.
 
 On the stand-in the ops run their NumPy reference code, several times slower than the CPU's fast
-ops, so by default CI runs the three cheap tutorials here (01, 02, 06: the chain, the residual add's
-backward and its Jacobian, the pre-activation split); the others' cuda code paths (compare, the
-Trainer, the DataLoader) are run on cuda by test_cuda_end_to_end.py. MINIRES_CUDA_TUTORIALS=all
-runs all seven, as benchmarks/gpu_check.py does on a GPU (about a minute on the stand-in for each
-training tutorial on an idle 2-core CPU).
+ops, so by default CI runs the two cheap tutorials here (01, 02: the chain, the residual add's
+backward and its Jacobian); the others' cuda code paths (compare and the recorder, the Trainer,
+the DataLoader) run on cuda in test_cuda_end_to_end.py, test_cuda_gpu_check.py and the cuda
+variants of test_inspect.py. MINIRES_CUDA_TUTORIALS=all
+runs all seven, as benchmarks/gpu_check.py does on a GPU (the training tutorials take minutes each
+on the stand-in).
 
 Each run is checked as in test_tutorials_inspect.py and test_tutorials_training.py: exit status,
 figures saved, and the printed numbers.
@@ -21,8 +22,7 @@ from test_tutorials_inspect import FIGURES
 from test_tutorials_training import ROOT, TUTORIAL_CHECKS, TUTORIALS
 
 RUNNER = ROOT / "tests" / "standin_run.py"
-CHEAP = ("01_vanishing_gradients_in_a_chain.py", "02_the_residual_add_backward.py",
-         "06_preactivation_identity_mappings.py")
+CHEAP = ("01_vanishing_gradients_in_a_chain.py", "02_the_residual_add_backward.py")
 ALL = sorted(set(FIGURES) | set(TUTORIAL_CHECKS))
 CHOSEN = ALL if os.environ.get("MINIRES_CUDA_TUTORIALS") == "all" else CHEAP
 

@@ -59,6 +59,7 @@ def _env(figures):
     env = dict(os.environ)
     env.pop("MINIRES_DATASET", None)  # quick mode on the synthetic set, never a download
     env.update(MINIRES_QUICK="1", MINIRES_FIGURES=str(figures), MPLBACKEND="Agg",
+               MINIRES_DEVICE="cpu",  # the cuda runs: test_cuda_tutorials.py
                PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     return env
 
