@@ -136,6 +136,12 @@ def test_reference_ops_on_request_and_back(rng):
     assert op_class(F.conv2d(x, w)) is fast_conv.FastConv2d
 
 
+def test_numpy_arrays_and_tensors_alike_go_to_the_fast_op(rng):
+    x, w = rng.standard_normal((2, 3, 5, 5)), rng.standard_normal((4, 3, 3, 3))
+    assert op_class(F.conv2d(x, make(w, "cpu", requires_grad=True))) is fast_conv.FastConv2d
+    assert op_class(F.conv2d(make(x, "cpu", requires_grad=True), w)) is fast_conv.FastConv2d
+
+
 def test_minires_fast_ops_0_runs_the_references():
     out = run_python(CONV + """
 import minires.functional as F
