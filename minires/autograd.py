@@ -310,6 +310,7 @@ def run_backward(root, grad, retain_graph=False):
         grad_inputs = grad_inputs if isinstance(grad_inputs, tuple) else (grad_inputs,)
         for observer in _backward_observers.callbacks:
             observer(fn, tuple(fn._inputs), grad_output, grad_inputs)
+        # each input's gradient: summed per leaf (for .grad), or per creator (its grad_output)
         for x, gx in zip(fn._inputs, grad_inputs):
             # BEGIN SOLUTION
             if gx is None or not x.requires_grad:

@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from . import backend
+from .autograd import Tensor
 from .ops import conv as _reference_conv
 from .ops import norm as _reference_norm
 from .ops.activation import relu, sigmoid, tanh
@@ -60,7 +61,7 @@ def fast_ops_enabled():
 def _implementation(x, reference, fast_cpu):
     """The module whose op runs on x: `fast_cpu` for NumPy data, minires.fast.gpu for CuPy data
     when MINIRES_GPU_FAST_OPS=1, `reference` otherwise (and whenever fast ops are off)."""
-    data = getattr(x, "data", x)
+    data = x.data if isinstance(x, Tensor) else x  # (a NumPy array's .data is a memoryview)
     if not fast_ops_enabled():
         return reference
     if type(data) is np.ndarray:
