@@ -2,7 +2,9 @@
 (ids "cpu" / "cuda"). The cuda device is CuPy on a real GPU when one answers, and otherwise the
 CPU stand-in for CuPy (cupy_standin.py), so the GPU code paths run on every CI run.
 
-Markers: `cuda` is set on every cuda variant (`pytest -m cuda` runs just those); `gpu` marks the
+Markers: `cpu_only` marks a test that is CPU-only by nature (the CPU speed layer, fork, malloc,
+processes that run on the CPU): it runs with the default device pinned to "cpu", so that it means
+the same under MINIRES_DEVICE=cuda. `cuda` is set on every cuda variant (`pytest -m cuda` runs just those); `gpu` marks the
 tests that need a real GPU (timing, memory, custom kernels) and skips them without one; `torch`
 compares against PyTorch and is skipped when it is not installed (see helpers.import_torch).
 
@@ -42,6 +44,13 @@ def pytest_collection_modifyitems(config, items):
 def device(request):
     """'cpu', then 'cuda' (a real GPU, or the CuPy stand-in without one)."""
     return request.param
+
+
+@pytest.fixture(autouse=True)
+def _pin_cpu_only_tests_to_the_cpu(request, monkeypatch):
+    """Tests marked `cpu_only` (and the processes they start) run with MINIRES_DEVICE=cpu."""
+    if request.node.get_closest_marker("cpu_only"):
+        monkeypatch.setenv("MINIRES_DEVICE", "cpu")
 
 
 @pytest.fixture

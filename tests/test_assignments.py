@@ -333,6 +333,7 @@ def test_compare_script_runs_on_the_students_ops(tmp_path):
 
 
 @pytest.mark.assignment_residual
+@pytest.mark.cpu_only  # the grader computes on the CPU
 def test_the_reference_block_backward_by_hand_is_autograds():
     """block.py's op-by-op backward gives what minires' engine gives for nn.BasicBlock."""
     rng = np.random.default_rng(0)

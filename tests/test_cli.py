@@ -165,6 +165,7 @@ def run_cli(*args):
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.cpu_only  # the command in a subprocess (its cuda runs: the gpu_check dry run)
 def test_errors_print_one_line_and_exit_nonzero(one_epoch, tmp_path):
     """Through the real command: an error line on stderr, exit status 1 (argparse: 2)."""
     shutil.copy(one_epoch / "checkpoint.npz", tmp_path / "checkpoint.npz")

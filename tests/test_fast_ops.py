@@ -24,6 +24,8 @@ from minires.fast import threads as fast_threads
 from minires.ops import norm as reference_norm
 from helpers import make
 
+pytestmark = pytest.mark.cpu_only  # the CPU speed layer: see conftest.py
+
 CONV_CASES = [  # (x shape, w shape, stride, padding, bias)
     ((4, 3, 8, 8), (5, 3, 3, 3), 1, 1, True),        # stride 1: dx as a convolution of gy
     ((4, 3, 9, 9), (5, 3, 3, 3), 2, 1, False),       # stride 2: col2im, kernel offset by offset

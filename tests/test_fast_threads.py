@@ -16,6 +16,8 @@ from minires.fast import conv as fast_conv
 from minires.ops import conv as reference_conv
 from helpers import make
 
+pytestmark = pytest.mark.cpu_only  # the CPU speed layer: see conftest.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

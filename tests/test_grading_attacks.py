@@ -23,7 +23,7 @@ from minires.assignments.grader import screen_workspace
 from minires.assignments.workspace import make_workspace
 from minires.cli import main
 
-pytestmark = pytest.mark.grading
+pytestmark = [pytest.mark.grading, pytest.mark.cpu_only]  # grading runs on the CPU
 SEED, TIMEOUT = 7, 60.0
 PARTS = ["im2col", "col2im"]
 
@@ -309,8 +309,12 @@ def test_grading_after_threads_ran_does_not_hang(tmp_path):
 
 # --- a class of submissions ---------------------------------------------------------------------
 
-def test_grading_many_submissions_leaks_no_processes_or_files(tmp_path):
-    temporary = Path(os.environ.get("TMPDIR", "/tmp"))
+def test_grading_many_submissions_leaks_no_processes_or_files(tmp_path, monkeypatch):
+    # the grader's temporary folders go to a folder of this test's own, apart from other runs'
+    # (pytest's tmp_path would not do: the sandboxed child, user nobody, cannot enter it)
+    temporary = Path(tempfile.mkdtemp(prefix="minires-test-"))
+    temporary.chmod(0o755)
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     before = set(temporary.glob("minires-grade-*"))
     for i in range(10):
         workspace = tmp_path / f"student{i}"
@@ -318,6 +322,7 @@ def test_grading_many_submissions_leaks_no_processes_or_files(tmp_path):
         results = grade(workspace, seed=i, timeout=TIMEOUT, parts=["relu_forward"])[1]
         assert results[0].score == (1 if i % 2 == 0 else 0), results[0].output
     assert set(temporary.glob("minires-grade-*")) == before
+    temporary.rmdir()  # empty: nothing else was left there either
     assert not isolation.children()
     if isolation.sandbox_uid() is not None:
         owners = [p for p in Path("/proc").iterdir() if p.name.isdigit() and

@@ -17,7 +17,7 @@ from minires.assignments.release import RELEASE_MARK, release, unpack
 from minires.assignments.workspace import BEGIN, make_workspace
 from minires.cli import main
 
-pytestmark = pytest.mark.grading
+pytestmark = [pytest.mark.grading, pytest.mark.cpu_only]  # grading runs on the CPU
 
 
 def test_release_has_no_solutions(tmp_path):

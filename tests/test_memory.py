@@ -12,6 +12,8 @@ import pytest
 
 from minires.fast import memory
 
+pytestmark = pytest.mark.cpu_only  # the CPU speed layer: see conftest.py
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Trains one conv2d + batch_norm step with the fast ops, then makes ten 40 MB arrays (above glibc's

@@ -469,9 +469,9 @@ def test_resume_true_on_an_empty_folder_starts_fresh(tmp_path):
 def test_resume_on_another_device_goes_on(tmp_path, device):
     """A CPU checkpoint resumed on `device`: on the CPU bit-identical to the run without a break;
     on another device the same run, up to float32 rounding (the change is noted in the metrics)."""
-    straight = make_trainer(seed=0)
+    straight = make_trainer(seed=0, device="cpu")
     straight.run(max_steps=4)
-    first = make_trainer(seed=0)
+    first = make_trainer(seed=0, device="cpu")
     first.run(max_steps=2)
     first.save(tmp_path / "ck.npz")
     resumed = make_trainer(seed=0, device=device)
