@@ -103,10 +103,14 @@ def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
         fast_threads.run_chunks(fail_on_7, list(range(20)))
 
 
+@pytest.mark.parametrize("blas_one_thread", [False, True])
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
-def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads):
-    """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order."""
+def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_one_thread):
+    """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order,
+    with the products in the calling thread (BLAS threaded) or in the pool's (BLAS on one)."""
     monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 1)
+    monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES_PER_THREAD", 1)
+    monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
     monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
     assert len(fast_conv.batch_chunks(7, 1000)) == 7
     x, w = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))

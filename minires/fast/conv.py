@@ -25,14 +25,24 @@ product is one large matrix product with no transposing copy:
 W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free view when gy is
 channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 
-Chunks. The batch goes through a few images at a time (about WORKSPACE_BYTES of cols each):
-the chunk's cols are copied by all the pool's threads at once (fast/threads.py), each image's
-window copy on one thread, into a work buffer that the calling thread keeps from call to call
-(fast/memory.py), and then multiplied in the calling thread, where BLAS spreads the product over
-the cores itself. The whole (N*OH*OW, K) matrix never exists. cols is not kept for the backward:
-keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at batch 128
-(PyTorch also keeps only x). At stride 1 the backward needs no cols of x at all (gcols above); at
-other strides, and where x needs no gradient (the first layer), it copies them again from x.
+Chunks. The batch goes through a few images at a time, and each chunk's cols are made and then
+multiplied (`each_chunk`). Who does what depends on BLAS's threads, which minires reads but
+never sets (fast/threads.py):
+    BLAS threaded (the default)   chunks of about WORKSPACE_BYTES of cols; all the pool's
+                                  threads copy a chunk's cols at once, each image's window copy
+                                  on one thread, and the calling thread multiplies them, BLAS
+                                  spreading the product over the cores;
+    BLAS on one thread            chunks of about WORKSPACE_BYTES_PER_THREAD; each pool thread
+                                  takes whole chunks, copying and multiplying each back to back
+                                  while its cols are still in the cache (OPENBLAS_NUM_THREADS=1:
+                                  a ResNet-20 step about 1.3x faster on 2 cores; see the README's
+                                  Speed section).
+Either way the cols go into a work buffer that its thread keeps from call to call
+(fast/memory.py), and the whole (N*OH*OW, K) matrix never exists. cols is not kept for the
+backward: keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at
+batch 128 (PyTorch also keeps only x). At stride 1 the backward needs no cols of x at all (gcols
+above); at other strides, and where x needs no gradient (the first layer), it copies them again
+from x.
 
 This is a NumPy (CPU) path: `minires.functional` sends other arrays (CuPy) to the reference.
 float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as float16.
@@ -40,10 +50,11 @@ float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as fl
 import numpy as np
 
 from . import compute_dtype, memory
-from .threads import num_threads, run_chunks, split
+from .threads import blas_runs_one_thread, num_threads, run_chunks, split
 from ..ops.conv import Conv2d
 
-WORKSPACE_BYTES = 8 * 2**20  # cols of one chunk of images (see "Chunks" above)
+WORKSPACE_BYTES = 8 * 2**20  # cols of one chunk of images, copied by all threads (see "Chunks")
+WORKSPACE_BYTES_PER_THREAD = 2 * 2**20  # ... a chunk that one thread copies and multiplies
 
 
 def channels_last(x):
@@ -87,26 +98,44 @@ def windows(xpad, kernel, stride):
         xpad, (n, oh, ow, kh, kw, c), (sn, sy * sh, sx * sw, sh, sw, sc), writeable=False)
 
 
-def im2col_channels_last(x_nhwc, kernel, stride, padding, cols):
+def im2col_channels_last(x_nhwc, kernel, stride, padding, cols, spread=True):
     """cols (N, OH, OW, kh, kw, C) <- the windows of x (N, H, W, C) padded: the reference
-    `im2col` with the axes in channels-last order. The images are spread over the pool's threads,
-    each padding and copying its own (NumPy copies release the GIL)."""
+    `im2col` with the axes in channels-last order. With `spread`, the images are spread over the
+    pool's threads, each padding and copying its own (NumPy copies release the GIL)."""
     def copy(part):
         np.copyto(cols[part], windows(pad_channels_last(x_nhwc[part], padding), kernel, stride))
-    run_chunks(copy, split(x_nhwc.shape[0], num_threads()))
+    run_chunks(copy, split(x_nhwc.shape[0], num_threads() if spread else 1))
     return cols
 
 
-def batch_chunks(n, bytes_per_image):
-    """Equal slices of the batch axis, each with at most about WORKSPACE_BYTES of columns (at
-    least one image)."""
-    per = max(1, WORKSPACE_BYTES // max(1, bytes_per_image))
+def batch_chunks(n, bytes_per_image, budget=None):
+    """Equal slices of the batch axis, each with at most about `budget` (WORKSPACE_BYTES) bytes
+    of columns (at least one image)."""
+    per = max(1, (budget or WORKSPACE_BYTES) // max(1, bytes_per_image))
     return split(n, -(-n // per))
+
+
+def each_chunk(n, bytes_per_image, make_cols, multiply):
+    """[multiply(part, make_cols(part, spread)) for each chunk `part` of the batch] (see "Chunks"
+    above): whole chunks on the pool's threads when BLAS runs one thread, else each chunk's copy
+    spread over the pool and its products in the calling thread."""
+    if blas_runs_one_thread():
+        return run_chunks(lambda part: multiply(part, make_cols(part, False)),
+                          batch_chunks(n, bytes_per_image, WORKSPACE_BYTES_PER_THREAD))
+    return [multiply(part, make_cols(part, True)) for part in batch_chunks(n, bytes_per_image)]
 
 
 def cols_buffer(images, out_size, kernel, channels, dtype):
     """The caller's work buffer for the cols of `images` images: (m, OH, OW, kh, kw, C)."""
     return memory.workspace("cols", (images, *out_size, *kernel, channels), dtype)
+
+
+def chunk_cols(x_nhwc, kernel, stride, padding, out_size):
+    """`make_cols` for each_chunk: the cols of x's images `part`, in the calling thread's buffer."""
+    def make_cols(part, spread):
+        cols = cols_buffer(part.stop - part.start, out_size, kernel, x_nhwc.shape[-1], x_nhwc.dtype)
+        return im2col_channels_last(x_nhwc[part], kernel, stride, padding, cols, spread)
+    return make_cols
 
 
 class FastConv2d(Conv2d):
@@ -124,12 +153,12 @@ class FastConv2d(Conv2d):
         xt = channels_last(x)                                      # (N, H, W, C) view
         w2t = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T    # (K, OC), K = kh*kw*C
         y2 = np.empty((n, oh * ow, w.shape[0]), dtype=x.dtype)     # (N, OH*OW, OC)
-        for part in batch_chunks(n, oh * ow * w2t.shape[0] * x.itemsize):
-            m = part.stop - part.start
-            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding,
-                                        cols_buffer(m, (oh, ow), self.kernel, c, x.dtype))
-            rows = cols.reshape(m * oh * ow, -1)                   # (m*OH*OW, K)
+        make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
+
+        def multiply(part, cols):
+            rows = cols.reshape(-1, w2t.shape[0])                  # (m*OH*OW, K)
             np.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
+        each_chunk(n, oh * ow * w2t.shape[0] * x.itemsize, make_cols, multiply)
         if b is not None:
             y2 += b
         y = as_nchw(y2.reshape(n, oh, ow, -1))                     # (N, OC, OH, OW) view
@@ -168,15 +197,13 @@ class FastConv2d(Conv2d):
         gyt = channels_last(gy)
         w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
         gx = np.empty((n, h * width, c), dtype=gy.dtype)                     # (N, H*W, C)
-        g = np.zeros((c, w_flip.shape[0]), dtype=gy.dtype)                  # (C, kh*kw*OC)
-        for part in batch_chunks(n, h * width * w_flip.shape[0] * x.itemsize):
-            m = part.stop - part.start
-            gcols = im2col_channels_last(gyt[part], self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px),
-                                         cols_buffer(m, (h, width), self.kernel, out_channels,
-                                                     gy.dtype))          # (m, H, W, kh, kw, OC)
+        make_gcols = chunk_cols(gyt, self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px), (h, width))
+
+        def multiply(part, gcols):
             gcols = gcols.reshape(-1, w_flip.shape[0])                       # (rows, kh*kw*OC)
             np.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
-            g += x2[part].reshape(-1, c).T @ gcols
+            return x2[part].reshape(-1, c).T @ gcols                         # (C, kh*kw*OC)
+        g = sum(each_chunk(n, h * width * w_flip.shape[0] * x.itemsize, make_gcols, multiply))
         gw = g.reshape(c, kh, kw, out_channels)[:, ::-1, ::-1].transpose(3, 0, 1, 2)
         return as_nchw(gx.reshape(n, h, width, c)), np.ascontiguousarray(gw)
 
@@ -193,19 +220,18 @@ class FastConv2d(Conv2d):
         if want_gx:
             w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
             gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
-        gw2 = np.zeros((out_channels, k), dtype=gy.dtype)                       # (OC, K)
-        for part in batch_chunks(n, oh * ow * k * x.itemsize):
-            m = part.stop - part.start
-            g = gy2[part].reshape(m * oh * ow, out_channels)                     # (rows, OC)
-            cols = im2col_channels_last(xt[part], self.kernel, self.stride, self.padding,
-                                        cols_buffer(m, (oh, ow), self.kernel, c, x.dtype))
-            gw2 += g.T @ cols.reshape(m * oh * ow, k)
+        make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
+
+        def multiply(part, cols):  # this chunk's share of dW2 and its images of dx
+            g = gy2[part].reshape(-1, out_channels)                              # (rows, OC)
             if want_gx:
                 target = gx[part]                                                # (m, Hp, Wp, C)
                 for i in range(kh):
                     for j in range(kw):
-                        shifted = (g @ w_offsets[i, j]).reshape(m, oh, ow, c)
+                        shifted = (g @ w_offsets[i, j]).reshape(target.shape[0], oh, ow, c)
                         target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted
+            return g.T @ cols.reshape(g.shape[0], k)                             # (OC, K)
+        gw2 = sum(each_chunk(n, oh * ow * k * x.itemsize, make_cols, multiply))
         gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
         if not want_gx:
             return None, gw

@@ -7,8 +7,11 @@ take in turn: NumPy releases the GIL inside copies and ufunc loops, so the chunk
 cores at once.
 
 BLAS is left alone: minires never changes its thread count (that setting is the whole process's,
-so limiting it would slow every other thread of the user's program). The large matrix products
-run in the calling thread, and BLAS spreads each over the cores itself.
+so limiting it would slow every other thread of the user's program). It only reads what the
+process asked BLAS for (`blas_runs_one_thread`): by default the large matrix products run in the
+calling thread and BLAS spreads each over the cores itself; when the user has started the process
+with BLAS on one thread (OPENBLAS_NUM_THREADS=1, as for a process that only trains), each of the
+pool's threads multiplies chunks of its own (fast/conv.py).
 
 Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
 none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
@@ -17,6 +20,7 @@ fast op starts a pool of its own instead of waiting forever on threads that do n
 MINIRES_NUM_THREADS threads work on the chunks (default: the number of cores): the caller and
 that many minus one helpers; 1 runs every chunk in the calling thread, in order.
 """
+import contextlib
 import itertools
 import os
 import threading
@@ -26,6 +30,57 @@ CORES = os.cpu_count() or 1  # asked once: each call reads the system's CPU list
 
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
+
+
+def _blas_thread_setting(environ):
+    """What the process asked its BLAS for, as BLAS reads it when NumPy loads it: OpenBLAS's
+    own variable first (or MKL's), then OpenMP's; None when nothing is set."""
+    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
+                 "OMP_NUM_THREADS"):
+        value = environ.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read once, as BLAS reads it at load
+
+
+def blas_runs_one_thread():
+    """True when this process started with BLAS on one thread (e.g. OPENBLAS_NUM_THREADS=1).
+
+    BLAS then multiplies in whichever thread calls it, so the pool's threads can each run their
+    own products at once; otherwise BLAS threads every large product itself, and products from
+    several threads at once fight over the same cores (measured: a ResNet-20 step 1.7x slower),
+    so they stay in the calling thread. Only speed depends on this, never the numbers."""
+    return BLAS_ONE_THREAD
+
+
+@contextlib.contextmanager
+def one_blas_thread_for_this_process():
+    """BLAS on one thread for the whole process while the block runs (yields True), and the pool's
+    threads each multiplying chunks of their own (see blas_runs_one_thread).
+
+    Only for programs that own their process: the training commands (`minires train`,
+    `minires degradation`) run in it; a library call never does, since the setting is the
+    process's. It yields False, and changes nothing, where the user has set BLAS's threads
+    (OPENBLAS_NUM_THREADS and the like) or threadpoolctl, which does the setting, is missing.
+    """
+    global BLAS_ONE_THREAD
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is None or _blas_thread_setting(os.environ) is not None:
+        yield False
+        return
+    before = BLAS_ONE_THREAD
+    with threadpool_limits(limits=1, user_api="blas"):
+        BLAS_ONE_THREAD = True
+        try:
+            yield True
+        finally:
+            BLAS_ONE_THREAD = before
 
 
 def _forget_pool_in_child():
