@@ -212,13 +212,23 @@ def test_fast_batch_norm_matches_the_reference(rng, layout, training, x_shape):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
+def test_wide_rows_stay_within_2_kb_and_divide_the_rows():
+    """r * C * itemsize <= 2 KB (see WideRows: 4 KB rows alias), and r divides M."""
+    for m, c, itemsize, r in [(131072, 16, 4, 32), (32768, 32, 4, 16), (8192, 64, 4, 8),
+                              (8192, 64, 8, 4), (96, 16, 4, 32), (7, 16, 4, 1), (8, 3, 4, 8),
+                              (10, 4096, 4, 1)]:
+        wide = fast_norm.WideRows(m, c, itemsize)
+        assert wide.r == r and wide.shape == (m // r, r * c), (m, c, itemsize)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training):
     """Blocks of 3 wide rows (the last one of each thread shorter) on 2 threads: the same numbers."""
-    monkeypatch.setattr(fast_norm, "BLOCK_BYTES", 3 * 64 * 16 * 8)  # 3 rows of 64 * 16 float64
+    wide = fast_norm.WideRows(64 * 8 * 8, 16, 8)                # rows of 16 * 16 float64 (2 KB)
+    assert wide.shape == (256, 256)
+    monkeypatch.setattr(fast_norm, "BLOCK_BYTES", 3 * 2048)       # 3 wide rows
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
-    wide = fast_norm.WideRows(64 * 8 * 8, 16)                      # 64 rows, 32 per thread
-    assert [len(wide.blocks(part, 8)) for part in wide.parts()] == [11, 11]
+    assert [len(wide.blocks(part, 8)) for part in wide.parts()] == [43, 43]  # 128 rows each
     fast, reference = batch_norm_both(rng.standard_normal((64, 16, 8, 8)), training, channels_last)
     for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
