@@ -351,8 +351,13 @@ class Trainer:
 
     def _compare_settings(self, sections, allow_changes):
         """[(setting, old, new)] that may differ; SettingsChanged if any other one differs."""
+        if "config" not in sections:  # written before checkpoints recorded their settings
+            raise CheckpointError(
+                "the checkpoint has no section 'config': it comes from a minires that did not "
+                "record the run's settings, so resuming cannot check that they are the same; "
+                "start a new run in another folder (or resume it with that older minires)")
         saved = {key: _setting(f"config/{key}", value)
-                 for key, value in section(sections, "config").items()}
+                 for key, value in sections["config"].items()}
         differ = [(key, saved.get(key), self.config.get(key))
                   for key in sorted(set(saved) | set(self.config))
                   if saved.get(key) != self.config.get(key)]

@@ -91,6 +91,20 @@ def col2im(cols, x_shape, stride, padding):
     return out[:, :, py:py + h, px:px + w]
 """
 
+CONV_BACKWARD_RESHAPE_FOR_TRANSPOSE = """
+def _backward_reshaping_w(self, gy):
+    n, out_channels, oh, ow = gy.shape
+    gy = gy.reshape(n, out_channels, oh * ow)
+    w2t = self.w.reshape(-1, out_channels)  # a reshape where W^T is needed: same shape, and the
+    #                                         same numbers only when OC == 1
+    gw = (gy @ self.cols.transpose(0, 2, 1)).sum(axis=0).reshape(self.w.shape)
+    gcols = (w2t @ gy).reshape(n, self.x_shape[1], *self.kernel, oh, ow)
+    gx = col2im(gcols, self.x_shape, self.stride, self.padding)
+    return (gx, gw) if not self.has_bias else (gx, gw, gy.sum(axis=(0, 2)))
+
+Conv2d.backward = _backward_reshaping_w
+"""
+
 BATCHNORM_WITHOUT_VARIANCE_TERM = """
 import numpy as np
 
@@ -193,6 +207,9 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
                  "FAIL  3x3 kernel, stride 1, padding 1 (overlapping windows)\n"
                  "      x: first wrong element at index", marks=MARKS["conv"],
                  id="conv-col2im-equals"),
+    pytest.param("conv", "conv.py", CONV_BACKWARD_RESHAPE_FOR_TRANSPOSE, ["conv2d_backward"],
+                 "x: first wrong element at index", marks=MARKS["conv"],
+                 id="conv-backward-reshape-for-transpose"),
     pytest.param("batchnorm", "norm.py", BATCHNORM_WITHOUT_VARIANCE_TERM, ["backward_train"],
                  "dx: first wrong element at index", marks=MARKS["batchnorm"],
                  id="batchnorm-no-variance-term"),

@@ -362,7 +362,8 @@ def tampered(sections, name, value):
     ("meta/loss_sum", np.float64(np.nan), "meta/loss_sum holds NaN or Inf"),
     ("meta/seen", None, "the checkpoint has no field meta/seen"),
     ("optimizer", None, "the checkpoint has no section 'optimizer'"),
-    ("config", None, "the checkpoint has no section 'config'"),
+    ("config", None, "the checkpoint has no section 'config': it comes from a minires that did "
+                     "not record the run's settings"),
     ("model/fc.bias", None, r"model: the checkpoint's model is not this CifarResNet: it lacks 1 "
                             r"of this model's arrays \(first 'fc.bias'\) and has 0 others;"),
     ("model/fc.weight", np.zeros((10, 3), np.float32), r"model/fc.weight must be an array of "
