@@ -19,6 +19,7 @@ import pytest
 import minires
 from minires.ops import conv as reference_conv
 from minires.fast import conv as fast_conv
+from minires.fast import gemm as fast_gemm
 from minires.fast import norm as fast_norm
 from minires.fast import threads as fast_threads
 from minires.ops import norm as reference_norm
@@ -103,19 +104,53 @@ def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
         fast_threads.run_chunks(fail_on_7, list(range(20)))
 
 
-@pytest.mark.parametrize("blas_one_thread", [False, True])
+@pytest.mark.parametrize("blas_one_thread, pieces", [(False, False), (False, True),
+                                                     (True, False)],
+                         ids=["blas-threaded", "pieces-in-the-pool", "blas-one-thread"])
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
-def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_one_thread):
+def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_one_thread,
+                                                pieces):
     """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order,
-    with the products in the calling thread (BLAS threaded) or in the pool's (BLAS on one)."""
+    with the products in the calling thread (BLAS threaded), or in the pool's threads: as pieces
+    of 2 rows (gemm.in_this_thread), or whole (BLAS on one thread)."""
     monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 1)
     monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
+    monkeypatch.setattr(fast_gemm, "MIN_PIECE_ROWS", 0 if pieces else 10**9)
+    monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 2 * 27 * 4)  # pieces of 2 rows (or 1)
     monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
     assert len(fast_conv.batch_chunks(7, 1000)) == 7
     x, w = rng.standard_normal((7, 3, 6, 6)), rng.standard_normal((4, 3, 3, 3))
     for stride in (1, 2):
         assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
+
+
+@pytest.mark.parametrize("blas_one_thread", [False, True])
+def test_products_in_this_thread_equal_numpys(rng, monkeypatch, blas_one_thread):
+    """Pieces with a remainder, b's columns a group at a time: the same products as NumPy's."""
+    monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
+    monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 7 * 6 * 5)  # pieces of 7 rows
+    a, b, c = (rng.standard_normal(s) for s in ((45, 6), (6, 5), (45, 10)))
+    out = np.full((45, 5), np.nan)
+    products = fast_gemm.in_this_thread
+    np.testing.assert_allclose(products.matmul(a, b, out), a @ b, rtol=1e-13)
+    assert out is not None and np.isfinite(out).all()
+    for columns in (None, 5, 2):
+        np.testing.assert_allclose(products.matmul_tn(a, c, columns), a.T @ c, rtol=1e-12)
+    if not blas_one_thread:  # pieces are views of out, so it must be C-contiguous
+        with pytest.raises(ValueError, match=r"out \(45, 5\) must be C-contiguous"):
+            products.matmul(a, b, np.empty((5, 45)).T)
+
+
+def test_pieces_stay_under_openblas_single_thread_line():
+    """Each piece has M*N*K <= SINGLE_THREAD_MNK, and one more row would cross it; only products
+    with pieces of MIN_PIECE_ROWS rows or more count as fitting (16 channels, not 32)."""
+    for m, n in [(144, 16), (16, 16), (288, 32), (27, 16), (576, 64)]:
+        per = fast_gemm.rows_per_piece(m, n)
+        assert per * m * n <= fast_gemm.SINGLE_THREAD_MNK < (per + 1) * m * n
+    assert fast_gemm.SINGLE_THREAD_MNK == 524287
+    assert fast_gemm.fits_in_pieces((144, 16), (16, 16))
+    assert not fast_gemm.fits_in_pieces((144, 16), (288, 32))
 
 
 def test_batch_chunks_are_equal_and_within_the_workspace(monkeypatch):

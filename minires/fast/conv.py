@@ -27,16 +27,18 @@ channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 
 Chunks. The batch goes through a few images at a time, and each chunk's cols are made and then
 multiplied (`each_chunk`). Who does what depends on BLAS's threads, which minires reads but
-never sets (fast/threads.py):
-    BLAS threaded (the default)   chunks of about WORKSPACE_BYTES of cols; all the pool's
-                                  threads copy a chunk's cols at once, each image's window copy
-                                  on one thread, and the calling thread multiplies them, BLAS
-                                  spreading the product over the cores;
-    BLAS on one thread            chunks of about WORKSPACE_BYTES_PER_THREAD; each pool thread
-                                  takes whole chunks, copying and multiplying each back to back
-                                  while its cols are still in the cache (OPENBLAS_NUM_THREADS=1:
-                                  a ResNet-20 step about 1.3x faster on 2 cores; see the README's
-                                  Speed section).
+never sets (fast/threads.py), and on the products' shapes (fast/gemm.py):
+    in the calling thread         chunks of about WORKSPACE_BYTES of cols; all the pool's threads
+    (BLAS threaded, products      copy a chunk's cols at once, each image's window copy on one
+    too wide for pieces)          thread, and the calling thread multiplies them, BLAS spreading
+                                  the product over the cores;
+    in the pool                   chunks of about WORKSPACE_BYTES_PER_THREAD; each pool thread
+    (BLAS on one thread, or       takes whole chunks, copying and multiplying each back to back
+    narrow products)              while its cols are still in the cache, its products kept in its
+                                  own thread (`gemm.in_this_thread`). With OPENBLAS_NUM_THREADS=1
+                                  a ResNet-20 step was about 1.3x faster on 2 cores; the
+                                  16-channel convs as pieces gained 10% with BLAS threaded (see
+                                  the README's Speed section).
 Either way the cols go into a work buffer that its thread keeps from call to call
 (fast/memory.py), and the whole (N*OH*OW, K) matrix never exists. cols is not kept for the
 backward: keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at
@@ -49,7 +51,7 @@ float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as fl
 """
 import numpy as np
 
-from . import compute_dtype, memory
+from . import compute_dtype, gemm, memory
 from .threads import blas_runs_one_thread, num_threads, run_chunks, split
 from ..ops.conv import Conv2d
 
@@ -115,14 +117,17 @@ def batch_chunks(n, bytes_per_image, budget=None):
     return split(n, -(-n // per))
 
 
-def each_chunk(n, bytes_per_image, make_cols, multiply):
-    """[multiply(part, make_cols(part, spread)) for each chunk `part` of the batch] (see "Chunks"
-    above): whole chunks on the pool's threads when BLAS runs one thread, else each chunk's copy
-    spread over the pool and its products in the calling thread."""
-    if blas_runs_one_thread():
-        return run_chunks(lambda part: multiply(part, make_cols(part, False)),
+def each_chunk(n, bytes_per_image, make_cols, multiply, product_sizes):
+    """[multiply(part, make_cols(part, spread), products) for each chunk `part` of the batch] (see
+    "Chunks" above). Whole chunks go to the pool's threads, with `gemm.in_this_thread` products,
+    when BLAS runs one thread or when every product (its other two sizes in `product_sizes`) runs
+    well in pieces that BLAS keeps in one thread; otherwise each chunk's copy is spread over the
+    pool and its products, `gemm.threaded`, run in the calling thread."""
+    if blas_runs_one_thread() or gemm.fits_in_pieces(*product_sizes):
+        return run_chunks(lambda part: multiply(part, make_cols(part, False), gemm.in_this_thread),
                           batch_chunks(n, bytes_per_image, WORKSPACE_BYTES_PER_THREAD))
-    return [multiply(part, make_cols(part, True)) for part in batch_chunks(n, bytes_per_image)]
+    return [multiply(part, make_cols(part, True), gemm.threaded)
+            for part in batch_chunks(n, bytes_per_image)]
 
 
 def cols_buffer(images, out_size, kernel, channels, dtype):
@@ -155,10 +160,10 @@ class FastConv2d(Conv2d):
         y2 = np.empty((n, oh * ow, w.shape[0]), dtype=x.dtype)     # (N, OH*OW, OC)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
-        def multiply(part, cols):
+        def multiply(part, cols, products):
             rows = cols.reshape(-1, w2t.shape[0])                  # (m*OH*OW, K)
-            np.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
-        each_chunk(n, oh * ow * w2t.shape[0] * x.itemsize, make_cols, multiply)
+            products.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
+        each_chunk(n, oh * ow * w2t.shape[0] * x.itemsize, make_cols, multiply, [w2t.shape])
         if b is not None:
             y2 += b
         y = as_nchw(y2.reshape(n, oh, ow, -1))                     # (N, OC, OH, OW) view
@@ -199,11 +204,12 @@ class FastConv2d(Conv2d):
         gx = np.empty((n, h * width, c), dtype=gy.dtype)                     # (N, H*W, C)
         make_gcols = chunk_cols(gyt, self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px), (h, width))
 
-        def multiply(part, gcols):
+        def multiply(part, gcols, products):
             gcols = gcols.reshape(-1, w_flip.shape[0])                       # (rows, kh*kw*OC)
-            np.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
-            return x2[part].reshape(-1, c).T @ gcols                         # (C, kh*kw*OC)
-        g = sum(each_chunk(n, h * width * w_flip.shape[0] * x.itemsize, make_gcols, multiply))
+            products.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
+            return products.matmul_tn(x2[part].reshape(-1, c), gcols, out_channels)  # (C, kh*kw*OC)
+        g = sum(each_chunk(n, h * width * w_flip.shape[0] * x.itemsize, make_gcols, multiply,
+                           [w_flip.shape, (c, out_channels)]))
         gw = g.reshape(c, kh, kw, out_channels)[:, ::-1, ::-1].transpose(3, 0, 1, 2)
         return as_nchw(gx.reshape(n, h, width, c)), np.ascontiguousarray(gw)
 
@@ -222,16 +228,19 @@ class FastConv2d(Conv2d):
             gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
-        def multiply(part, cols):  # this chunk's share of dW2 and its images of dx
+        def multiply(part, cols, products):  # this chunk's share of dW2 and its images of dx
             g = gy2[part].reshape(-1, out_channels)                              # (rows, OC)
             if want_gx:
                 target = gx[part]                                                # (m, Hp, Wp, C)
+                shifted = memory.workspace("shifted", (g.shape[0], c), gy.dtype)
                 for i in range(kh):
                     for j in range(kw):
-                        shifted = (g @ w_offsets[i, j]).reshape(target.shape[0], oh, ow, c)
-                        target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted
-            return g.T @ cols.reshape(g.shape[0], k)                             # (OC, K)
-        gw2 = sum(each_chunk(n, oh * ow * k * x.itemsize, make_cols, multiply))
+                        products.matmul(g, w_offsets[i, j], out=shifted)
+                        target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted.reshape(
+                            target.shape[0], oh, ow, c)
+            return products.matmul_tn(g, cols.reshape(g.shape[0], k), c)        # (OC, K)
+        gw2 = sum(each_chunk(n, oh * ow * k * x.itemsize, make_cols, multiply,
+                             [(out_channels, c)]))
         gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
         if not want_gx:
             return None, gw
