@@ -6,12 +6,14 @@ copies and elementwise passes into chunks that the calling thread and a pool of 
 take in turn: NumPy releases the GIL inside copies and ufunc loops, so the chunks run on all
 cores at once.
 
-BLAS is left alone: minires never changes its thread count (that setting is the whole process's,
-so limiting it would slow every other thread of the user's program). It only reads what the
-process asked BLAS for (`blas_runs_one_thread`): by default the large matrix products run in the
-calling thread and BLAS spreads each over the cores itself; when the user has started the process
-with BLAS on one thread (OPENBLAS_NUM_THREADS=1, as for a process that only trains), each of the
-pool's threads multiplies chunks of its own (fast/conv.py).
+BLAS is left alone: a library call never changes its thread count (that setting is the whole
+process's, so limiting it would slow every other thread of the user's program). minires only
+reads what the process asked BLAS for (`blas_runs_one_thread`). By default the large matrix
+products run in the calling thread and BLAS spreads each over the cores itself; when the process
+started with BLAS on one thread (OPENBLAS_NUM_THREADS=1), each of the pool's threads multiplies
+chunks of its own (fast/conv.py), as it does for the narrowest products in any case, cut into
+pieces that BLAS keeps in one thread (fast/gemm.py). Only the training commands, which own their
+process, set BLAS to one thread, and put it back (`one_blas_thread_for_this_process`).
 
 Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
 none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
