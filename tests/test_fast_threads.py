@@ -98,7 +98,8 @@ def test_blas_thread_count_unchanged_by_convs_in_two_threads(rng, monkeypatch):
     ({}, None),
     ({"OMP_NUM_THREADS": "1"}, "1"),
     ({"OPENBLAS_NUM_THREADS": "4", "OMP_NUM_THREADS": "1"}, "4"),  # OpenBLAS's own comes first
-    ({"MKL_NUM_THREADS": " 1 ", "OMP_NUM_THREADS": "2"}, "1"),
+    ({"GOTO_NUM_THREADS": " 1 ", "OMP_NUM_THREADS": "2"}, "1"),
+    ({"MKL_NUM_THREADS": "1"}, None),  # MKL's: OpenBLAS does not read it
     ({"OPENBLAS_NUM_THREADS": ""}, None),
 ])
 def test_the_blas_thread_setting_is_read_as_blas_reads_it(environ, setting):
@@ -123,13 +124,12 @@ print(threads.blas_runs_one_thread(), [i["num_threads"] for i in threadpool_info
                                          OPENBLAS_NUM_THREADS="1").split(" ", 2)
     assert one == "True" and set(eval(counts)) == {1} and float(difference) < 1e-10
     default = run_python("from minires.fast import threads; print(threads.blas_runs_one_thread())",
-                         **{name: "" for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS",
-                                                  "MKL_NUM_THREADS", "OMP_NUM_THREADS")})
+                         **{name: "" for name in fast_threads.BLAS_THREAD_VARIABLES})
     assert default.strip() == "False"
 
 
 def clear_blas_environment(monkeypatch):
-    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+    for name in fast_threads.BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 

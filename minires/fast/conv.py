@@ -26,19 +26,20 @@ W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free
 channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 
 Chunks. The batch goes through a few images at a time, and each chunk's cols are made and then
-multiplied (`each_chunk`). Who does what depends on BLAS's threads, which minires reads but
-never sets (fast/threads.py), and on the products' shapes (fast/gemm.py):
-    in the calling thread         chunks of about WORKSPACE_BYTES of cols; all the pool's threads
-    (BLAS threaded, products      copy a chunk's cols at once, each image's window copy on one
-    too wide for pieces)          thread, and the calling thread multiplies them, BLAS spreading
-                                  the product over the cores;
-    in the pool                   chunks of about WORKSPACE_BYTES_PER_THREAD; each pool thread
-    (BLAS on one thread, or       takes whole chunks, copying and multiplying each back to back
-    narrow products)              while its cols are still in the cache, its products kept in its
-                                  own thread (`gemm.in_this_thread`). With OPENBLAS_NUM_THREADS=1
-                                  a ResNet-20 step was about 1.3x faster on 2 cores; the
-                                  16-channel convs as pieces gained 10% with BLAS threaded (see
-                                  the README's Speed section).
+multiplied (`each_chunk`). Where the products run depends on BLAS's thread count (which a
+library call reads but never sets: fast/threads.py) and on their shapes (fast/gemm.py).
+
+If BLAS runs one thread, or the products are narrow enough to run as pieces that BLAS keeps in
+one thread (the 16-channel convs), the chunks are about WORKSPACE_BYTES_PER_THREAD each and go to
+the pool's threads whole: each thread copies a chunk's cols and multiplies them right away,
+while they are still in its cache, with products that stay in that thread (`gemm.in_this_thread`).
+With OPENBLAS_NUM_THREADS=1 a ResNet-20 step was about 1.3x faster on 2 cores, and with BLAS
+threaded the 16-channel convs as pieces made it 10% faster (see the README's Speed section).
+
+Otherwise (BLAS threaded, wider products) the chunks are about WORKSPACE_BYTES each: all the
+pool's threads copy a chunk's cols at once, each image's window copy on one thread, and the
+calling thread multiplies them, BLAS spreading each product over the cores.
+
 Either way the cols go into a work buffer that its thread keeps from call to call
 (fast/memory.py), and the whole (N*OH*OW, K) matrix never exists. cols is not kept for the
 backward: keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at

@@ -22,7 +22,7 @@ matrix again for every piece, so a piece needs enough rows to pay for it. With 1
 call, and the ResNet-20 step gains 10% (0.45x to 0.50x PyTorch). With 64 channels (pieces of 14
 rows) they run 40% slower and the step gained nothing, so `fits_in_pieces` asks for
 MIN_PIECE_ROWS.
-Other BLAS libraries compute the same numbers; only the speed may differ.
+Other BLAS libraries compute the same products (to rounding); only the speed may differ.
 """
 import types
 
@@ -55,10 +55,10 @@ def _matmul_tn_threaded(a, b, columns=None):
 def _matmul_in_this_thread(a, b, out):
     """out (R, N) = a (R, K) @ b (K, N), in this thread; out must be C-contiguous (its pieces are
     views of it)."""
-    if blas_runs_one_thread():
-        return np.matmul(a, b, out=out)
     if not out.flags.c_contiguous:
         raise ValueError(f"fast.gemm.matmul: out {out.shape} must be C-contiguous")
+    if blas_runs_one_thread():
+        return np.matmul(a, b, out=out)
     rows, k = a.shape
     per = rows_per_piece(k, b.shape[1])
     whole = rows - rows % per
@@ -70,9 +70,12 @@ def _matmul_in_this_thread(a, b, out):
 
 
 def _matmul_tn_in_this_thread(a, b, columns=None):
-    """a (R, M)^T @ b (R, N), in this thread, as the sum over pieces of rows; b's columns go
-    `columns` at a time (a divisor of N: one kernel offset's channels in the conv), so that a
-    long reduction with wide b does not make more partial sums than it reads."""
+    """a (R, M)^T @ b (R, N), in this thread, as the sum over pieces of rows.
+
+    Each piece gives an (M, N) block of partial sums. With wide b, pieces under the line would
+    have so few rows that those blocks outweigh the rows they come from, so b's columns go
+    `columns` at a time (a divisor of N: one kernel offset's channels in the conv), which lets
+    each piece take more rows."""
     if blas_runs_one_thread():
         return a.T @ b
     rows, m = a.shape

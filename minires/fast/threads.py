@@ -19,8 +19,8 @@ Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's 
 none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
 fast op starts a pool of its own instead of waiting forever on threads that do not exist.
 
-MINIRES_NUM_THREADS threads work on the chunks (default: the number of cores): the caller and
-that many minus one helpers; 1 runs every chunk in the calling thread, in order.
+MINIRES_NUM_THREADS threads work on the chunks (default: the cores the process may use): the
+caller and that many minus one helpers; 1 runs every chunk in the calling thread, in order.
 """
 import contextlib
 import itertools
@@ -28,33 +28,44 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-CORES = os.cpu_count() or 1  # asked once: each call reads the system's CPU list (6 us here)
+def _usable_cores():
+    """The cores this process may run on (taskset, a container's cpuset), else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+CORES = _usable_cores()  # asked once: each call reads the system's CPU list (6 us here)
 
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
 
 
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
 def _blas_thread_setting(environ):
-    """What the process asked its BLAS for, as BLAS reads it when NumPy loads it: OpenBLAS's
-    own variable first (or MKL's), then OpenMP's; None when nothing is set."""
-    for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS",
-                 "OMP_NUM_THREADS"):
+    """The thread count the environment gives OpenBLAS (NumPy's wheels), in OpenBLAS's order:
+    the first of BLAS_THREAD_VARIABLES that is set; None when none is."""
+    for name in BLAS_THREAD_VARIABLES:
         value = environ.get(name, "").strip()
         if value:
             return value
     return None
 
 
-BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read once, as BLAS reads it at load
+BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read when minires is imported
 
 
 def blas_runs_one_thread():
-    """True when this process started with BLAS on one thread (e.g. OPENBLAS_NUM_THREADS=1).
+    """True when BLAS runs one thread: the environment said so when minires was imported (e.g.
+    OPENBLAS_NUM_THREADS=1), or a training command set it (one_blas_thread_for_this_process).
 
     BLAS then multiplies in whichever thread calls it, so the pool's threads can each run their
     own products at once; otherwise BLAS threads every large product itself, and products from
     several threads at once fight over the same cores (measured: a ResNet-20 step 1.7x slower),
-    so they stay in the calling thread. Only speed depends on this, never the numbers."""
+    so they stay in the calling thread. A limit set at run time by other code is not seen: then
+    only the speed suffers. The two ways agree to rounding (the products add in another order)."""
     return BLAS_ONE_THREAD
 
 
@@ -96,7 +107,7 @@ if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
 
 
 def num_threads():
-    """Threads that work on chunks: env MINIRES_NUM_THREADS, else the number of cores."""
+    """Threads that work on chunks: env MINIRES_NUM_THREADS, else the cores this process may use."""
     try:
         return max(1, int(os.environ.get("MINIRES_NUM_THREADS", "") or CORES))
     except ValueError:
