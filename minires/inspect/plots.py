@@ -62,8 +62,10 @@ def _draw_layer_gradients(ax, results, depth):
         for net in NET_COLOURS:
             if (net, depth) in results and results[(net, depth)].layers[-1].get("input_grad_norm"):
                 last = results[(net, depth)].layers[-1]
-                ax.annotate("fc input\n(pooled features)", (last["index"], last["input_grad_norm"]),
-                            xytext=(-95, -24), textcoords="offset points", fontsize=7,
+                point = (last["index"], last["input_grad_norm"])
+                ax.annotate("fc input\n(pooled features)", point,
+                            xytext=(0.97, _label_height(ax, point)), textcoords="axes fraction",
+                            ha="right", va="center", fontsize=7,
                             bbox=dict(boxstyle="round", fc="white", ec="none", alpha=0.85),
                             arrowprops=dict(arrowstyle="->", lw=0.6))
                 break
@@ -71,6 +73,14 @@ def _draw_layer_gradients(ax, results, depth):
     ax.set_ylabel("||dL/d(layer input)||")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
+
+
+def _label_height(ax, point):
+    """Where (in axes fraction) a label for `point`, at the panel's right end, stays clear of the
+    curves: low when the point is high (the curves climb to it from below: gradients vanishing
+    toward the input), high when it is low (they come down to it)."""
+    _, height = ax.transAxes.inverted().transform(ax.transData.transform(point))
+    return 0.3 if height > 0.5 else 0.75
 
 
 def plot_layer_gradients(results, path, title="||dL/d(layer input)|| at initialisation"):
