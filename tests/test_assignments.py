@@ -105,7 +105,8 @@ def _backward_reshaping_w(self, gy):
 Conv2d.backward = _backward_reshaping_w
 """
 
-BATCHNORM_WITHOUT_VARIANCE_TERM = """
+# the two batch-norm bugs below keep x and gamma from the forward, to add a term back
+BATCHNORM_KEEPING_X = """
 import numpy as np
 
 _forward, _backward = BatchNorm.forward, BatchNorm.backward
@@ -113,7 +114,9 @@ _forward, _backward = BatchNorm.forward, BatchNorm.backward
 def _forward_keeping_x(self, x, gamma, beta):
     self.planted = x, gamma
     return _forward(self, x, gamma, beta)
+"""
 
+BATCHNORM_WITHOUT_VARIANCE_TERM = BATCHNORM_KEEPING_X + """
 def _backward_without_variance_term(self, gy):
     dx, dgamma, dbeta = _backward(self, gy)
     if self.training:  # add back the term through the variance: it is now missing
@@ -139,15 +142,7 @@ ReLU.forward = _forward_with_mask_at_zero
 ReLU.backward = lambda self, gy: gy * self.planted_mask
 """
 
-BATCHNORM_WITHOUT_MEAN_TERM = """
-import numpy as np
-
-_forward, _backward = BatchNorm.forward, BatchNorm.backward
-
-def _forward_keeping_x(self, x, gamma, beta):
-    self.planted = x, gamma
-    return _forward(self, x, gamma, beta)
-
+BATCHNORM_WITHOUT_MEAN_TERM = BATCHNORM_KEEPING_X + """
 def _backward_without_mean_term(self, gy):
     dx, dgamma, dbeta = _backward(self, gy)
     if self.training:  # add back the term through the mean: it is now missing
