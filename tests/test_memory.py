@@ -1,6 +1,6 @@
 """fast/memory.py: the fast ops leave glibc's malloc as it was, so memory a program frees goes back
 to the system; MINIRES_KEEP_FREED_MEMORY=1 asks for the other behaviour; work buffers are reused
-per thread."""
+per thread; op outputs are lent from minires' own cache of blocks and come back to it."""
 import json
 import os
 import subprocess
@@ -89,3 +89,106 @@ def test_workspace_is_reused_per_thread_and_grows():
     thread.start()
     thread.join()
     assert not np.shares_memory(other[0], c)                  # each thread has its own
+
+
+# --- lent outputs: minires' own cache of blocks -------------------------------------------------
+
+def address(array):
+    return array.__array_interface__["data"][0]
+
+
+def test_a_lent_block_comes_back_when_the_array_and_its_views_are_gone():
+    a = memory.lend((1000, 7), np.float32)                   # an odd size: its own size class
+    where = address(a)
+    view = a.T[2:]
+    del a
+    held = memory.lend((1000, 7), np.float32)                 # the view still holds the block
+    assert address(held) != where
+    del view
+    reused = memory.lend((1000, 7), np.float32)               # now it is idle: taken again
+    assert address(reused) == where
+    assert reused.shape == (1000, 7) and reused.dtype == np.float32 and reused.flags.writeable
+    del held, reused
+
+
+def test_lent_arrays_are_independent_while_lent():
+    a, b = memory.lend((64, 64), np.float64), memory.lend((64, 64), np.float64)
+    a[...], b[...] = 1.0, 2.0
+    assert not np.shares_memory(a, b) and a.sum() == 64 * 64 and b.sum() == 2 * 64 * 64
+
+
+def test_the_cache_keeps_at_most_twice_the_peak_idle_and_empty_cache_frees_it():
+    memory.empty_cache()
+    before = memory.cache_stats()
+    arrays = [memory.lend((3, 1 << 16), np.float32) for _ in range(5)]  # 768 KiB each
+    lent = memory.cache_stats()
+    assert lent["lent_bytes"] - before["lent_bytes"] == 5 * 3 * (1 << 18)
+    del arrays
+    stats = memory.cache_stats()
+    assert stats["lent_bytes"] == before["lent_bytes"]
+    assert 0 < stats["idle_bytes"] <= 2 * stats["peak_lent_bytes"]
+    memory.empty_cache()
+    assert memory.cache_stats()["idle_bytes"] == 0
+
+
+def test_lending_from_many_threads_keeps_the_books_straight():
+    before = memory.cache_stats()["lent_bytes"]
+
+    def churn(seed):
+        rng = np.random.default_rng(seed)
+        for _ in range(300):
+            a = memory.lend((int(rng.integers(1, 50)), 1024), np.float32)
+            a[...] = seed                                      # nobody else writes here
+            assert (a == seed).all()
+    threads = [threading.Thread(target=churn, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert memory.cache_stats()["lent_bytes"] == before
+
+
+def test_a_training_step_reuses_its_blocks():
+    """From the third step on, a conv + batch norm + relu + residual step makes no new blocks."""
+    import minires
+    import minires.functional as F
+    rng = np.random.default_rng(0)
+    x = minires.tensor(rng.standard_normal((8, 8, 16, 16)).astype(np.float32))
+    w = minires.tensor(rng.standard_normal((8, 8, 3, 3)).astype(np.float32), requires_grad=True)
+    g, b = minires.tensor(np.ones(8, np.float32)), minires.tensor(np.zeros(8, np.float32))
+
+    def step():
+        h = F.relu(F.batch_norm(F.conv2d(x, w, padding=1), g, b))
+        F.residual_add(x, F.conv2d(h, w, padding=1)).sum().backward()
+    step(), step()
+    made = memory.cache_stats()["made_bytes"]
+    step()
+    assert memory.cache_stats()["made_bytes"] == made
+    assert memory.cache_stats()["made_bytes"] > 0              # the step did lend its outputs
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_lends_while_the_parent_is_lending(tmp_path):
+    """The cache's lock is new in the child, even if another thread held it at the fork."""
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            memory.lend((256, 256), np.float32)
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        for _ in range(5):
+            pid = os.fork()
+            if pid == 0:  # the child: lend, and report through the exit status
+                try:
+                    a = memory.lend((256, 256), np.float32)
+                    a[...] = 1
+                    os._exit(0 if a.sum() == 256 * 256 else 1)
+                except BaseException:
+                    os._exit(2)
+            _, status = os.waitpid(pid, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        thread.join()

@@ -1,13 +1,16 @@
-"""The CPU speed layer: the same conv2d and batch_norm as minires.ops, laid out to run fast.
+"""The CPU speed layer: the same conv2d, batch_norm, relu and residual_add as minires.ops, laid
+out to run fast.
 
     conv.py     conv2d through channels-last im2col and one large GEMM per product
     norm.py     batch_norm on the (rows, channels) matrix, fewer passes over memory
+    elementwise.py  relu and residual_add on the flat memory of their inputs, over the pool
     gemm.py     the conv's matrix products: threaded by BLAS, or kept in the calling thread
                 (one call where BLAS runs one thread, else pieces under OpenBLAS's threshold)
     threads.py  a small fork-safe thread pool for copies, elementwise work and the products
                 kept in one thread; BLAS's thread count is read, never set by a library call
                 (only the training commands, which own their process, set it)
-    memory.py   per-thread work buffers reused across calls; glibc's malloc only on request
+    memory.py   per-thread work buffers reused across calls; op outputs lent from a cache of
+                blocks that outlives a step; glibc's malloc only on request
     gpu.py      conv2d and batch_norm written for CuPy (no cols kept for backward), opt-in:
                 MINIRES_GPU_FAST_OPS=1, off by default until they have run on a GPU
 

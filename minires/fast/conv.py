@@ -158,7 +158,7 @@ class FastConv2d(Conv2d):
         oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
         xt = channels_last(x)                                      # (N, H, W, C) view
         w2t = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T    # (K, OC), K = kh*kw*C
-        y2 = np.empty((n, oh * ow, w.shape[0]), dtype=x.dtype)     # (N, OH*OW, OC)
+        y2 = memory.lend((n, oh * ow, w.shape[0]), x.dtype)        # (N, OH*OW, OC)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
         def multiply(part, cols, products):
@@ -202,7 +202,7 @@ class FastConv2d(Conv2d):
         x2 = channels_last(x).reshape(n, h * width, c)   # a view when x is channels-last
         gyt = channels_last(gy)
         w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
-        gx = np.empty((n, h * width, c), dtype=gy.dtype)                     # (N, H*W, C)
+        gx = memory.lend((n, h * width, c), gy.dtype)                        # (N, H*W, C)
         make_gcols = chunk_cols(gyt, self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px), (h, width))
 
         def multiply(part, gcols, products):
@@ -226,7 +226,8 @@ class FastConv2d(Conv2d):
         want_gx = self.needs_input_grad[0]
         if want_gx:
             w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
-            gx = np.zeros((n, h + 2 * py, width + 2 * px, c), dtype=gy.dtype)   # (N, Hp, Wp, C)
+            gx = memory.lend((n, h + 2 * py, width + 2 * px, c), gy.dtype)     # (N, Hp, Wp, C)
+            gx.fill(0)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
         def multiply(part, cols, products):  # this chunk's share of dW2 and its images of dx

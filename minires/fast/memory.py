@@ -1,4 +1,10 @@
-"""Memory: work buffers that minires reuses, and glibc's malloc kept as the user left it.
+"""Memory: work buffers and op outputs that minires reuses, and glibc's malloc as the user left it.
+
+Why. A page that the process touches for the first time costs a trip into the kernel, which
+maps and zeroes it (measured here: filling a fresh 200 MB array ran at 0.36 GB/s, a warm one at
+27 GB/s). glibc hands large freed blocks back to the kernel, so a training step whose arrays are
+all freed by the end of its backward gets fresh pages again in the next forward: a ResNet-20
+step at batch 128 took 6,000 to 35,000 such faults, 70-250 ms of CPU time.
 
 Work buffers. A training step makes and drops the same scratch arrays every step (the im2col
 columns of every chunk, the padded inputs). Made fresh each time, large ones come as new pages
@@ -7,12 +13,24 @@ buffer that belongs to the calling thread and is kept for its next call: each po
 grows its own buffers to the largest size it has needed, and reuses them from then on. A
 buffer's contents are valid only until the same thread asks for the same name again.
 
+Lent outputs. The arrays a fast op returns (a conv's y, batch norm's y, their input gradients)
+live on after the op: the graph keeps them until the backward. `lend(shape, dtype)` gives such
+an array out of minires' own cache of blocks. The array, and every view of it, keeps its block
+out; when the last of them is gone, the block goes back to the cache, and the next `lend` of the
+same size takes it, with its pages already mapped. A training step asks for the same sizes every
+step, so from the second step on its outputs cost no page faults (a ResNet-20 step at batch 128: 6,000-35,000 faults
+before, about 1,000 after, and 10-15% faster). The price: between steps the process keeps
+those blocks (433 MB for that step, whose outputs peak at 380 MB at once). The cache keeps at
+most twice as many idle bytes as were ever lent at once (`cache_stats()`), and
+`empty_cache()` hands every idle block back to the system.
+
 malloc. By default glibc hands large freed blocks back to the kernel. A user who would rather keep
 them (every step's arrays then reuse the last step's pages, as a caching allocator does; the
 price is that the process keeps its peak memory) asks for it with env MINIRES_KEEP_FREED_MEMORY=1,
 or by calling `keep_freed_memory()`. It raises glibc's trim and mmap thresholds for the whole
 process (every library in it allocates that way then), so minires never does it unasked.
 """
+import collections
 import ctypes
 import os
 import sys
@@ -37,6 +55,98 @@ def workspace(name, shape, dtype):
     if buffer is None or buffer.size < nbytes:
         buffer = buffers[name] = np.empty(nbytes, dtype=np.uint8)
     return buffer[:nbytes].view(dtype).reshape(shape)
+
+
+PAGE = 4096  # blocks come in whole pages, so sizes that differ by a few bytes share them
+
+
+class _Loan:
+    """A block of the cache while it is lent out. NumPy makes the lent array, and every view of
+    it, refer to this object (through `__array_interface__`), so it lives as long as the last of
+    them, and then gives the block back."""
+
+    def __init__(self, block, shape, dtype):
+        self.block = block  # the cache's uint8 array, at least as large as the lent array
+        self.__array_interface__ = {"shape": shape, "typestr": dtype.str, "version": 3,
+                                    "data": (block.ctypes.data, False)}
+
+    def __del__(self):
+        _cache.give_back(self.block)
+
+
+class _Cache:
+    """Idle blocks by size, and the bytes lent out now and at most."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.idle = collections.defaultdict(list)  # size -> idle blocks of that size
+        self.idle_bytes = self.lent_bytes = self.peak_lent_bytes = self.made_bytes = 0
+
+    def take(self, size):
+        """An idle block of `size` bytes, else a new one."""
+        with self.lock:
+            blocks = self.idle.get(size)
+            block = blocks.pop() if blocks else None
+            if block is not None:
+                self.idle_bytes -= size
+            else:
+                self.made_bytes += size
+            self.lent_bytes += size
+            self.peak_lent_bytes = max(self.peak_lent_bytes, self.lent_bytes)
+        return np.empty(size, dtype=np.uint8) if block is None else block
+
+    def give_back(self, block):
+        """`block` is idle again: kept, unless that would make the idle bytes more than twice
+        the most ever lent at once (then it goes back to the system). Twice, because a step
+        gives blocks back and takes them in another order than the last: with a cap of once,
+        a ResNet-20 step dropped and made again 7 of its 98 blocks every step."""
+        with self.lock:
+            self.lent_bytes -= block.size
+            if self.idle_bytes + block.size <= 2 * self.peak_lent_bytes:
+                self.idle[block.size].append(block)
+                self.idle_bytes += block.size
+
+    def clear(self):
+        with self.lock:
+            self.idle.clear()
+            self.idle_bytes = 0
+
+
+_cache = _Cache()
+
+
+def lend(shape, dtype):
+    """An uninitialised array of `shape` and `dtype` from minires' cache of blocks (see "Lent
+    outputs" above): like np.empty, but its memory goes back to the cache, not to the system,
+    when the array and its views are gone."""
+    dtype = np.dtype(dtype)
+    shape = tuple(int(n) for n in shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    size = max(PAGE, -(-nbytes // PAGE) * PAGE)
+    return np.asarray(_Loan(_cache.take(size), shape, dtype))
+
+
+def cache_stats():
+    """The cache of lent blocks now: bytes idle in it, lent out, lent out at most at once, and
+    made new since the process started (a step that reuses its blocks adds nothing there)."""
+    with _cache.lock:
+        return {"idle_bytes": _cache.idle_bytes, "lent_bytes": _cache.lent_bytes,
+                "peak_lent_bytes": _cache.peak_lent_bytes, "made_bytes": _cache.made_bytes}
+
+
+def empty_cache():
+    """Hand every idle block back to the system (the blocks lent out now go back to the cache
+    as usual when their arrays are gone)."""
+    _cache.clear()
+
+
+def _new_cache_lock_in_child():
+    """After fork, in the child: a lock that another thread of the parent held stays held."""
+    _cache.lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_cache_lock_in_child)
 
 
 def glibc_mallopt():

@@ -120,7 +120,7 @@ class FastBatchNorm(BatchNorm):
         m = x2.shape[0]
         wide = WideRows(*x2.shape, x2.itemsize)
         xw, parts = wide.view(x2), wide.parts()                      # (M/r, r*C)
-        yw = np.empty(wide.shape, dtype=work)
+        yw = memory.lend(wide.shape, work)
         if self.training:
             rough_mean = wide.fold(sum(run_chunks(lambda s: column_sums(xw[s]), parts))) / m
             rough_w = wide.tile(rough_mean)
@@ -171,7 +171,7 @@ class FastBatchNorm(BatchNorm):
         if not self.needs_input_grad[0]:
             return None, *self._as_output_dtype(ggamma, gbeta)
         k = self.gamma * self.inv_std                                 # (C,)
-        gxw = np.empty(wide.shape, dtype=gy.dtype)
+        gxw = memory.lend(wide.shape, gy.dtype)
         k_w = wide.tile(k)
         if self.training:  # k * (gy - sum(gy)/m - xhat * sum(gy*xhat)/m)
             slope_w = wide.tile(-k * self.inv_std * ggamma / m)      # -k/std * ggamma/m
