@@ -335,3 +335,36 @@ def _uid(process):
         return process.stat().st_uid
     except OSError:
         return None
+
+
+# --- the fast ops are answers too -----------------------------------------------------------------
+
+THROUGH_FUNCTIONAL = {  # (assignment, file, part graded, code that answers through minires)
+    "conv": ("conv.py", "conv2d_forward", """
+import minires as _minires
+
+def _through_functional(self, x, w, b=None):
+    t = _minires.tensor
+    return _minires.functional.conv2d(t(x), t(w), None if b is None else t(b), self.stride,
+                                      self.padding).data
+Conv2d.forward = _through_functional
+"""),
+    "residual": ("activation.py", "relu_forward", """
+import minires as _minires
+ReLU.forward = lambda self, x: _minires.functional.relu(_minires.tensor(x)).data
+"""),
+}
+
+
+@pytest.mark.parametrize("name", THROUGH_FUNCTIONAL)
+def test_answering_through_minires_fast_ops_finds_no_answer_even_unscreened(tmp_path, unscreened,
+                                                                            name):
+    """minires.functional would run the fast op (a subclass that overrides the hidden method) on
+    NumPy arrays; the grading process runs the references, whose graded methods raise."""
+    filename, part, attack = THROUGH_FUNCTIONAL[name]
+    make_workspace(name, tmp_path, with_solutions=True)
+    path = tmp_path / filename
+    path.write_text(path.read_text() + "\n\n# the attack\n" + attack)
+    result = grade(tmp_path, seed=SEED, timeout=TIMEOUT, parts=[part])[1][0]
+    assert result.score == 0, result.output
+    assert "is not available while your" in result.output, result.output

@@ -252,9 +252,13 @@ def use_reference_for_the_rest(impl, assignment, part):
 
 def hide_graded_references(assignment, part):
     """Replace, in this (sandboxed) process only, each reference function the part grades with
-    one that raises: reaching it through minires (Tensor.relu, functional) finds no answer."""
+    one that raises: reaching it through minires (Tensor.relu, functional) finds no answer.
+
+    The fast ops (minires/fast) are whole answers too, and subclasses that override the hidden
+    methods, so this process runs the references everywhere first."""
     from .. import functional
 
+    functional.use_reference_ops()
     for target in assignment.targets:
         if target.qualname not in part.uses:
             continue

@@ -1,4 +1,12 @@
-"""Elementwise nonlinearities: relu sigmoid tanh."""
+"""Elementwise nonlinearities: relu sigmoid tanh.
+
+What runs where. This file is the readable reference, and it is what runs on the GPU (CuPy),
+with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
+`minires/fast` folder is absent. For NumPy arrays `minires.functional.relu` runs
+`minires.fast.elementwise.FastReLU` instead: a subclass of `ReLU` below (same checks) that does the
+same arithmetic over the pool's threads into lent memory. tests/test_fast_elementwise.py pins the
+two equal, bit for bit. sigmoid and tanh run here everywhere.
+"""
 from .. import backend
 from ..autograd import Function
 from ._checks import require_float
