@@ -143,13 +143,15 @@ def test_products_in_this_thread_equal_numpys(rng, monkeypatch, blas_one_thread)
 
 def test_pieces_stay_under_openblas_single_thread_line():
     """Each piece has M*N*K <= SINGLE_THREAD_MNK, and one more row would cross it; only products
-    with pieces of MIN_PIECE_ROWS rows or more count as fitting (16 channels, not 32)."""
+    with pieces of MIN_PIECE_ROWS rows or more count as fitting (every CIFAR conv, up to 64
+    channels: pieces of 14 rows; not the 128-channel convs of the ImageNet nets: 3 rows)."""
     for m, n in [(144, 16), (16, 16), (288, 32), (27, 16), (576, 64)]:
         per = fast_gemm.rows_per_piece(m, n)
         assert per * m * n <= fast_gemm.SINGLE_THREAD_MNK < (per + 1) * m * n
     assert fast_gemm.SINGLE_THREAD_MNK == 524287
     assert fast_gemm.fits_in_pieces((144, 16), (16, 16))
-    assert not fast_gemm.fits_in_pieces((144, 16), (288, 32))
+    assert fast_gemm.fits_in_pieces((144, 16), (288, 32), (576, 64), (64, 64))
+    assert not fast_gemm.fits_in_pieces((576, 64), (1152, 128))
 
 
 def test_batch_chunks_are_equal_and_within_the_workspace(monkeypatch):

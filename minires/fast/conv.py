@@ -30,13 +30,14 @@ multiplied (`each_chunk`). Where the products run depends on BLAS's thread count
 library call reads but never sets: fast/threads.py) and on their shapes (fast/gemm.py).
 
 If BLAS runs one thread, or the products are narrow enough to run as pieces that BLAS keeps in
-one thread (the 16-channel convs), the chunks are about WORKSPACE_BYTES_PER_THREAD each and go to
-the pool's threads whole: each thread copies a chunk's cols and multiplies them right away,
-while they are still in its cache, with products that stay in that thread (`gemm.in_this_thread`).
-With OPENBLAS_NUM_THREADS=1 a ResNet-20 step was about 1.3x faster on 2 cores, and with BLAS
-threaded the 16-channel convs as pieces made it 10% faster (see the README's Speed section).
+one thread (every conv of the CIFAR nets, up to 64 channels), the chunks are about
+WORKSPACE_BYTES_PER_THREAD each and go to the pool's threads whole: each thread copies a chunk's
+cols and multiplies them right away, while they are still in its cache, with products that stay
+in that thread (`gemm.in_this_thread`). With OPENBLAS_NUM_THREADS=1 a ResNet-20 step was about
+1.3x faster on 2 cores than with BLAS threaded, and with BLAS threaded the pieces made it 6-10%
+faster (ResNet-56: 10-18%; fast/gemm.py).
 
-Otherwise (BLAS threaded, wider products) the chunks are about WORKSPACE_BYTES each: all the
+Otherwise (BLAS threaded, wider products: 128 channels and up) the chunks are about WORKSPACE_BYTES each: all the
 pool's threads copy a chunk's cols at once, each image's window copy on one thread, and the
 calling thread multiplies them, BLAS spreading each product over the cores.
 

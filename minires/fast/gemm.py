@@ -17,11 +17,14 @@ two), and after a split product its helper threads spin for a while on the cores
 runs next (fast/threads.py). A stack of pieces under that line, `np.matmul` over a 3-D view, is one
 NumPy call that loops in C over the pieces and never wakes a BLAS thread, so two pool threads can
 each multiply at once with no thread count changed anywhere. The price: BLAS packs the right-hand
-matrix again for every piece, so a piece needs enough rows to pay for it. With 16 channels
-((R, 144) @ (144, 16): pieces of 227 rows) the pieces run about 20% slower per core than one
-call, and the ResNet-20 step gains 10% (0.45x to 0.50x PyTorch). With 64 channels (pieces of 14
-rows) they run 40% slower and the step gained nothing, so `fits_in_pieces` asks for
-MIN_PIECE_ROWS.
+matrix again for every piece, so pieces with few rows run slower per core than one call: about
+20% with 16 channels ((R, 144) @ (144, 16): pieces of 227 rows), more with 64 channels
+((R, 576) @ (576, 64): pieces of 14 rows). Measured on 2 cores with the ops' outputs lent
+(fast/memory.py), the spin costs more than that: with every CIFAR conv in pieces a ResNet-56 step
+took 2.37-2.42 s against 2.60-2.96 s with only the 16-channel convs in pieces (3 runs each,
+alternating; ResNet-20: 0.81-0.87 s against 0.90-0.92 s). Wider convs (128 channels and up, in
+the ImageNet ResNets) would get pieces of 3 rows or fewer, little more than a row-by-row
+product, so `fits_in_pieces` asks for MIN_PIECE_ROWS and those stay threaded.
 Other BLAS libraries compute the same products (to rounding); only the speed may differ.
 """
 import types
@@ -31,7 +34,7 @@ import numpy as np
 from .threads import blas_runs_one_thread
 
 SINGLE_THREAD_MNK = 2 * 65536 * 4 - 1  # the largest M*N*K that OpenBLAS multiplies in one thread
-MIN_PIECE_ROWS = 200  # fewer rows per piece cost more in repacking than they gain
+MIN_PIECE_ROWS = 8  # fewer rows per piece: little more than a row-by-row product
 
 
 def rows_per_piece(m, n):

@@ -11,8 +11,8 @@ process's, so limiting it would slow every other thread of the user's program). 
 reads what the process asked BLAS for (`blas_runs_one_thread`). By default the large matrix
 products run in the calling thread and BLAS spreads each over the cores itself; when the process
 started with BLAS on one thread (OPENBLAS_NUM_THREADS=1), each of the pool's threads multiplies
-chunks of its own (fast/conv.py), as it does for the narrowest products in any case, cut into
-pieces that BLAS keeps in one thread (fast/gemm.py). Only the training commands, which own their
+chunks of its own (fast/conv.py), as it does in any case for products narrow enough (every conv
+of the CIFAR nets) to be cut into pieces that BLAS keeps in one thread (fast/gemm.py). Only the training commands, which own their
 process, set BLAS to one thread, and put it back (`one_blas_thread_for_this_process`).
 
 Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
