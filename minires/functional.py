@@ -5,10 +5,11 @@ hand-written backward sit next to each other.
 
 Which code runs. `conv2d`, `batch_norm`, `relu` and `residual_add` have a readable reference in
 `minires.ops` (what students read and write) and a fast CPU version in `minires.fast` (same
-function, same errors, pinned equal by tests/test_fast_ops.py). The choice is made here, per call, in plain sight:
-NumPy arrays go to the fast CPU op when the `minires/fast` folder exists and fast ops are on;
-CuPy arrays go to the GPU versions of conv2d and batch_norm in `minires.fast.gpu` only when env MINIRES_GPU_FAST_OPS=1 as
-well (off by default: they have not run on a GPU yet); everything else goes to the reference.
+function, same errors, pinned equal by tests/test_fast_ops.py and test_fast_elementwise.py).
+The choice is made here, per call, in plain sight: NumPy arrays go to the fast CPU op when the
+`minires/fast` folder exists and fast ops are on; CuPy arrays go to the GPU versions of conv2d
+and batch_norm in `minires.fast.gpu` only when env MINIRES_GPU_FAST_OPS=1 as well (off by
+default: they have not run on a GPU yet); everything else goes to the reference.
 Fast ops are on unless env MINIRES_FAST_OPS=0; `use_reference_ops()` and `use_fast_ops()` switch
 them for the process.
 """

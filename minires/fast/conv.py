@@ -37,9 +37,10 @@ in that thread (`gemm.in_this_thread`). With OPENBLAS_NUM_THREADS=1 a ResNet-20 
 1.3x faster on 2 cores than with BLAS threaded, and with BLAS threaded the pieces made it 6-10%
 faster (ResNet-56: 10-18%; fast/gemm.py).
 
-Otherwise (BLAS threaded, wider products: 128 channels and up) the chunks are about WORKSPACE_BYTES each: all the
-pool's threads copy a chunk's cols at once, each image's window copy on one thread, and the
-calling thread multiplies them, BLAS spreading each product over the cores.
+Otherwise (BLAS threaded, wider products: 128 channels and up) the chunks are about
+WORKSPACE_BYTES each: all the pool's threads copy a chunk's cols at once, each image's window
+copy on one thread, and the calling thread multiplies them, BLAS spreading each product over
+the cores.
 
 Either way the cols go into a work buffer that its thread keeps from call to call
 (fast/memory.py), and the whole (N*OH*OW, K) matrix never exists. cols is not kept for the

@@ -76,13 +76,13 @@ class FastReLU(ReLU):
         axes = shared_layout(x)
         if axes is None:
             return super().forward(x)
-        self.mask, mask = lend_like(x, axes, np.bool_)
+        self.mask, mask_flat = lend_like(x, axes, np.bool_)
         y, y_flat = lend_like(x, axes, x.dtype)
         x_flat = flat(x, axes)
 
         def piece(s):  # mask = x > 0; y = x * mask
-            np.greater(x_flat[s], 0, out=mask[s])
-            np.multiply(x_flat[s], mask[s], out=y_flat[s])
+            np.greater(x_flat[s], 0, out=mask_flat[s])
+            np.multiply(x_flat[s], mask_flat[s], out=y_flat[s])
         run_chunks(piece, pieces(x.size, x.itemsize))
         return y
 
@@ -91,8 +91,8 @@ class FastReLU(ReLU):
         if axes is None or memory_axes(self.mask) != axes:  # gy and the mask laid out alike
             return super().backward(gy)
         gx, gx_flat = lend_like(gy, axes, gy.dtype)
-        gy_flat, mask = flat(gy, axes), flat(self.mask, axes)
-        run_chunks(lambda s: np.multiply(gy_flat[s], mask[s], out=gx_flat[s]),
+        gy_flat, mask_flat = flat(gy, axes), flat(self.mask, axes)
+        run_chunks(lambda s: np.multiply(gy_flat[s], mask_flat[s], out=gx_flat[s]),
                    pieces(gy.size, gy.itemsize))
         return gx
 

@@ -18,11 +18,11 @@ live on after the op: the graph keeps them until the backward. `lend(shape, dtyp
 an array out of minires' own cache of blocks. The array, and every view of it, keeps its block
 out; when the last of them is gone, the block goes back to the cache, and the next `lend` of the
 same size takes it, with its pages already mapped. A training step asks for the same sizes every
-step, so from the second step on its outputs cost no page faults (a ResNet-20 step at batch 128: 6,000-35,000 faults
-before, about 1,000 after, and 10-15% faster). The price: between steps the process keeps
-those blocks (433 MB for that step, whose outputs peak at 380 MB at once). The cache keeps at
-most twice as many idle bytes as were ever lent at once (`cache_stats()`), and
-`empty_cache()` hands every idle block back to the system.
+step, so from the second step on its outputs cost no page faults (a ResNet-20 step at batch
+128: 6,000-35,000 faults before, about 1,000 after, and 10-15% faster). The price: between
+steps the process keeps those blocks (433 MB for that step, whose outputs peak at 380 MB at
+once). The cache keeps at most twice as many idle bytes as were ever lent at once
+(`cache_stats()`), and `empty_cache()` hands every idle block back to the system.
 
 malloc. By default glibc hands large freed blocks back to the kernel. A user who would rather keep
 them (every step's arrays then reuse the last step's pages, as a caching allocator does; the
@@ -78,7 +78,9 @@ class _Cache:
     """Idle blocks by size, and the bytes lent out now and at most."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # re-entrant: the garbage collector may free a lent array (and so call give_back) in
+        # the middle of any allocation, also one made while this thread holds the lock
+        self.lock = threading.RLock()
         self.idle = collections.defaultdict(list)  # size -> idle blocks of that size
         self.idle_bytes = self.lent_bytes = self.peak_lent_bytes = self.made_bytes = 0
 
@@ -142,7 +144,7 @@ def empty_cache():
 
 def _new_cache_lock_in_child():
     """After fork, in the child: a lock that another thread of the parent held stays held."""
-    _cache.lock = threading.Lock()
+    _cache.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

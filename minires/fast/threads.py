@@ -12,8 +12,9 @@ reads what the process asked BLAS for (`blas_runs_one_thread`). By default the l
 products run in the calling thread and BLAS spreads each over the cores itself; when the process
 started with BLAS on one thread (OPENBLAS_NUM_THREADS=1), each of the pool's threads multiplies
 chunks of its own (fast/conv.py), as it does in any case for products narrow enough (every conv
-of the CIFAR nets) to be cut into pieces that BLAS keeps in one thread (fast/gemm.py). Only the training commands, which own their
-process, set BLAS to one thread, and put it back (`one_blas_thread_for_this_process`).
+of the CIFAR nets) to be cut into pieces that BLAS keeps in one thread (fast/gemm.py). Only the
+training commands, which own their process, set BLAS to one thread, and put it back
+(`one_blas_thread_for_this_process`).
 
 Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
 none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
