@@ -192,3 +192,18 @@ def test_a_forked_child_lends_while_the_parent_is_lending(tmp_path):
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_block_can_come_back_while_this_thread_holds_the_cache_lock():
+    """The garbage collector may free a lent array inside any allocation, also one the cache
+    makes while this thread holds its lock: giving the block back then must not wait forever."""
+    held, done = [memory.lend((10,), np.float32)], []
+
+    def free_under_the_lock():
+        with memory._cache.lock:
+            held.clear()                                       # the block goes back here
+        done.append(True)
+    thread = threading.Thread(target=free_under_the_lock, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    assert done, "giving a block back under the cache's own lock deadlocked"
