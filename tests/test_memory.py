@@ -207,3 +207,23 @@ def test_a_block_can_come_back_while_this_thread_holds_the_cache_lock():
     thread.start()
     thread.join(timeout=10)
     assert done, "giving a block back under the cache's own lock deadlocked"
+
+
+def test_blocks_of_sizes_no_longer_asked_for_go_first():
+    """Past the cap, the oldest idle blocks go back to the system, not the one just given back:
+    after two other sizes filled the cache to twice the peak, a block of a third size is kept."""
+    memory.empty_cache()
+    part = (memory.cache_stats()["peak_lent_bytes"] // 4 // memory.PAGE + 1) * memory.PAGE
+    for size in (part, part + memory.PAGE):                # 4 blocks lent at once: the new peak
+        group = [memory.lend((size,), np.uint8) for _ in range(4)]
+        del group
+    stats = memory.cache_stats()
+    room = 2 * stats["peak_lent_bytes"] - stats["idle_bytes"]
+    assert 0 <= room < 8 * memory.PAGE                     # full: no room for the next block
+    fresh = memory.lend((8 * memory.PAGE,), np.uint8)
+    where = address(fresh)
+    del fresh                                              # over the cap: an old block goes
+    again = memory.lend((8 * memory.PAGE,), np.uint8)
+    assert address(again) == where
+    assert memory.cache_stats()["idle_bytes"] <= 2 * memory.cache_stats()["peak_lent_bytes"]
+    del again

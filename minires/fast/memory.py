@@ -21,8 +21,9 @@ same size takes it, with its pages already mapped. A training step asks for the 
 step, so from the second step on its outputs cost no page faults (a ResNet-20 step at batch
 128: 6,000-35,000 faults before, about 1,000 after, and 10-15% faster). The price: between
 steps the process keeps those blocks (433 MB for that step, whose outputs peak at 380 MB at
-once). The cache keeps at most twice as many idle bytes as were ever lent at once
-(`cache_stats()`), and `empty_cache()` hands every idle block back to the system.
+once). The cache keeps at most twice as many idle bytes as were ever lent at once, the
+oldest idle blocks going first (`cache_stats()`), and `empty_cache()` hands every idle block
+back to the system.
 
 malloc. By default glibc hands large freed blocks back to the kernel. A user who would rather keep
 them (every step's arrays then reuse the last step's pages, as a caching allocator does; the
@@ -75,20 +76,21 @@ class _Loan:
 
 
 class _Cache:
-    """Idle blocks by size, and the bytes lent out now and at most."""
+    """Idle blocks, oldest given back first, and the bytes lent out now and at most."""
 
     def __init__(self):
         # re-entrant: the garbage collector may free a lent array (and so call give_back) in
         # the middle of any allocation, also one made while this thread holds the lock
         self.lock = threading.RLock()
-        self.idle = collections.defaultdict(list)  # size -> idle blocks of that size
+        self.idle = collections.OrderedDict()         # id(block) -> block, oldest first
+        self.idle_of_size = collections.defaultdict(list)  # size -> ids of its idle blocks
         self.idle_bytes = self.lent_bytes = self.peak_lent_bytes = self.made_bytes = 0
 
     def take(self, size):
-        """An idle block of `size` bytes, else a new one."""
+        """The idle block of `size` bytes given back last, else a new one."""
         with self.lock:
-            blocks = self.idle.get(size)
-            block = blocks.pop() if blocks else None
+            ids = self.idle_of_size.get(size)
+            block = self.idle.pop(ids.pop()) if ids else None
             if block is not None:
                 self.idle_bytes -= size
             else:
@@ -98,19 +100,25 @@ class _Cache:
         return np.empty(size, dtype=np.uint8) if block is None else block
 
     def give_back(self, block):
-        """`block` is idle again: kept, unless that would make the idle bytes more than twice
-        the most ever lent at once (then it goes back to the system). Twice, because a step
-        gives blocks back and takes them in another order than the last: with a cap of once,
-        a ResNet-20 step dropped and made again 7 of its 98 blocks every step."""
+        """`block` is idle again. The oldest idle blocks go back to the system while more than
+        twice the most ever lent at once is idle. Twice: a step gives blocks back and takes them
+        in another order than the last, and with a cap of once a ResNet-20 step made 7 of its
+        98 blocks anew every step. Oldest: blocks of sizes no longer asked for (another batch
+        size, another model) go first, not the ones the next step will take."""
         with self.lock:
             self.lent_bytes -= block.size
-            if self.idle_bytes + block.size <= 2 * self.peak_lent_bytes:
-                self.idle[block.size].append(block)
-                self.idle_bytes += block.size
+            self.idle[id(block)] = block
+            self.idle_of_size[block.size].append(id(block))
+            self.idle_bytes += block.size
+            while self.idle_bytes > 2 * self.peak_lent_bytes:
+                key, oldest = self.idle.popitem(last=False)
+                self.idle_of_size[oldest.size].remove(key)
+                self.idle_bytes -= oldest.size
 
     def clear(self):
         with self.lock:
             self.idle.clear()
+            self.idle_of_size.clear()
             self.idle_bytes = 0
 
 
