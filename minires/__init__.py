@@ -1,8 +1,9 @@
 """minires: a small deep-learning framework for teaching residual networks.
 
 Every forward and backward pass a ResNet needs is written by hand in `minires.ops`; the same code
-runs on NumPy (CPU) and CuPy (GPU) arrays. `minires.fast` holds faster CPU versions of conv2d and
-batch_norm, chosen in `minires.functional`; `use_reference_ops()` runs the readable ones instead.
+runs on NumPy (CPU) and CuPy (GPU) arrays. `minires.fast` holds faster CPU versions of conv2d,
+batch_norm, relu and residual_add, chosen in `minires.functional`; `use_reference_ops()` runs the
+readable ones instead.
 
 `import minires` needs only NumPy and loads the engine and the ops; `minires.nn`, `models`,
 `optim`, `inspect` and the rest load when they are imported.

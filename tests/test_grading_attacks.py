@@ -342,6 +342,7 @@ def _uid(process):
 THROUGH_FUNCTIONAL = {  # (assignment, file, part graded, code that answers through minires)
     "conv": ("conv.py", "conv2d_forward", """
 import minires as _minires
+_minires.use_fast_ops()  # undoes the grader's switch to the references: the overrides are hidden
 
 def _through_functional(self, x, w, b=None):
     t = _minires.tensor
@@ -351,6 +352,7 @@ Conv2d.forward = _through_functional
 """),
     "residual": ("activation.py", "relu_forward", """
 import minires as _minires
+_minires.use_fast_ops()
 ReLU.forward = lambda self, x: _minires.functional.relu(_minires.tensor(x)).data
 """),
 }
@@ -360,7 +362,8 @@ ReLU.forward = lambda self, x: _minires.functional.relu(_minires.tensor(x)).data
 def test_answering_through_minires_fast_ops_finds_no_answer_even_unscreened(tmp_path, unscreened,
                                                                             name):
     """minires.functional would run the fast op (a subclass that overrides the hidden method) on
-    NumPy arrays; the grading process runs the references, whose graded methods raise."""
+    NumPy arrays: the grading process runs the references, and even with the fast ops switched
+    back on, their overrides of the graded methods raise too."""
     filename, part, attack = THROUGH_FUNCTIONAL[name]
     make_workspace(name, tmp_path, with_solutions=True)
     path = tmp_path / filename

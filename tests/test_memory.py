@@ -117,7 +117,7 @@ def test_lent_arrays_are_independent_while_lent():
     assert not np.shares_memory(a, b) and a.sum() == 64 * 64 and b.sum() == 2 * 64 * 64
 
 
-def test_the_cache_keeps_at_most_twice_the_peak_idle_and_empty_cache_frees_it():
+def test_the_cache_keeps_at_most_idle_cap_times_the_peak_and_empty_cache_frees_it():
     memory.empty_cache()
     before = memory.cache_stats()
     arrays = [memory.lend((3, 1 << 16), np.float32) for _ in range(5)]  # 768 KiB each
@@ -126,7 +126,7 @@ def test_the_cache_keeps_at_most_twice_the_peak_idle_and_empty_cache_frees_it():
     del arrays
     stats = memory.cache_stats()
     assert stats["lent_bytes"] == before["lent_bytes"]
-    assert 0 < stats["idle_bytes"] <= 2 * stats["peak_lent_bytes"]
+    assert 0 < stats["idle_bytes"] <= memory.IDLE_CAP * stats["peak_lent_bytes"]
     memory.empty_cache()
     assert memory.cache_stats()["idle_bytes"] == 0
 
@@ -211,19 +211,25 @@ def test_a_block_can_come_back_while_this_thread_holds_the_cache_lock():
 
 def test_blocks_of_sizes_no_longer_asked_for_go_first():
     """Past the cap, the oldest idle blocks go back to the system, not the one just given back:
-    after two other sizes filled the cache to twice the peak, a block of a third size is kept."""
+    after four other sizes filled the cache, a block of a fifth size is still kept."""
     memory.empty_cache()
-    part = (memory.cache_stats()["peak_lent_bytes"] // 4 // memory.PAGE + 1) * memory.PAGE
-    for size in (part, part + memory.PAGE):                # 4 blocks lent at once: the new peak
-        group = [memory.lend((size,), np.uint8) for _ in range(4)]
+    peak = max(memory.cache_stats()["peak_lent_bytes"], 2**22)
+    part = (peak // 4 // memory.PAGE + 1) * memory.PAGE
+    for extra in range(4):                                 # each size: 4 blocks lent at once
+        group = [memory.lend((part + extra * memory.PAGE,), np.uint8) for _ in range(4)]
         del group
     stats = memory.cache_stats()
-    room = 2 * stats["peak_lent_bytes"] - stats["idle_bytes"]
-    assert 0 <= room < 8 * memory.PAGE                     # full: no room for the next block
-    fresh = memory.lend((8 * memory.PAGE,), np.uint8)
+    cap = memory.IDLE_CAP * stats["peak_lent_bytes"]
+    assert cap - 2 * part < stats["idle_bytes"] <= cap     # full: no room for the next block
+    fresh = memory.lend((2 * part,), np.uint8)
     where = address(fresh)
-    del fresh                                              # over the cap: an old block goes
-    again = memory.lend((8 * memory.PAGE,), np.uint8)
+    del fresh                                              # over the cap: old blocks go
+    again = memory.lend((2 * part,), np.uint8)
     assert address(again) == where
-    assert memory.cache_stats()["idle_bytes"] <= 2 * memory.cache_stats()["peak_lent_bytes"]
+    assert memory.cache_stats()["idle_bytes"] <= cap
     del again
+
+
+def test_lending_python_objects_is_refused():
+    with pytest.raises(TypeError, match=r"lend: dtype object holds Python objects.*\(4,\)"):
+        memory.lend((4,), object)

@@ -254,8 +254,9 @@ def hide_graded_references(assignment, part):
     """Replace, in this (sandboxed) process only, each reference function the part grades with
     one that raises: reaching it through minires (Tensor.relu, functional) finds no answer.
 
-    The fast ops (minires/fast) are whole answers too, and subclasses that override the hidden
-    methods, so this process runs the references everywhere first."""
+    The fast ops (minires/fast) are whole answers too: subclasses of the reference ops that
+    override the graded methods. Their overrides are hidden as well, and this process runs the
+    references everywhere."""
     from .. import functional
 
     functional.use_reference_ops()
@@ -271,10 +272,21 @@ def hide_graded_references(assignment, part):
         def hidden(*_args, _name=target.qualname, **_kwargs):
             raise RuntimeError(f"minires' reference {_name} is not available while your "
                                f"{_name} is graded")
-        setattr(owner, attribute, hidden)
+        for holder in [owner, *_subclasses_overriding(owner, attribute)]:
+            setattr(holder, attribute, hidden)
         for name, value in list(vars(functional).items()):
             if value is original:
                 setattr(functional, name, hidden)
+
+
+def _subclasses_overriding(owner, attribute):
+    """Every class below `owner` (a class, or a module for a plain function: none) that defines
+    `attribute` itself: the fast ops' versions of a reference method."""
+    if not isinstance(owner, type):
+        return []
+    below = owner.__subclasses__()
+    found = [cls for cls in below if attribute in cls.__dict__]
+    return found + [cls for sub in below for cls in _subclasses_overriding(sub, attribute)]
 
 
 def _owners(module, reference, qualname):

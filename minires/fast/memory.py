@@ -1,8 +1,8 @@
 """Memory: work buffers and op outputs that minires reuses, and glibc's malloc as the user left it.
 
 Why. A page that the process touches for the first time costs a trip into the kernel, which
-maps and zeroes it (measured here: filling a fresh 200 MB array ran at 0.36 GB/s, a warm one at
-27 GB/s). glibc hands large freed blocks back to the kernel, so a training step whose arrays are
+maps and zeroes it (measured on the 2-core machine minires is developed on: filling a fresh 200
+MB array ran at 0.36-6 GB/s, a reused one at 15-27 GB/s). glibc hands large freed blocks back to the kernel, so a training step whose arrays are
 all freed by the end of its backward gets fresh pages again in the next forward: a ResNet-20
 step at batch 128 took 6,000 to 35,000 such faults, 70-250 ms of CPU time.
 
@@ -21,9 +21,9 @@ same size takes it, with its pages already mapped. A training step asks for the 
 step, so from the second step on its outputs cost no page faults (a ResNet-20 step at batch
 128: 6,000-35,000 faults before, about 1,000 after, and 10-15% faster). The price: between
 steps the process keeps those blocks (433 MB for that step, whose outputs peak at 380 MB at
-once). The cache keeps at most twice as many idle bytes as were ever lent at once, the
-oldest idle blocks going first (`cache_stats()`), and `empty_cache()` hands every idle block
-back to the system.
+once). The cache keeps at most 1.5 times as many idle bytes as were ever lent at once,
+the oldest idle blocks going first (`cache_stats()`), and `empty_cache()` hands every idle
+block back to the system.
 
 malloc. By default glibc hands large freed blocks back to the kernel. A user who would rather keep
 them (every step's arrays then reuse the last step's pages, as a caching allocator does; the
@@ -59,6 +59,7 @@ def workspace(name, shape, dtype):
 
 
 PAGE = 4096  # blocks come in whole pages, so sizes that differ by a few bytes share them
+IDLE_CAP = 1.5  # idle bytes kept: at most this many times the most ever lent at once
 
 
 class _Loan:
@@ -101,16 +102,18 @@ class _Cache:
 
     def give_back(self, block):
         """`block` is idle again. The oldest idle blocks go back to the system while more than
-        twice the most ever lent at once is idle. Twice: a step gives blocks back and takes them
-        in another order than the last, and with a cap of once a ResNet-20 step made 7 of its
-        98 blocks anew every step. Oldest: blocks of sizes no longer asked for (another batch
-        size, another model) go first, not the ones the next step will take."""
+        IDLE_CAP times the most ever lent at once is idle. Oldest: blocks of sizes no longer
+        asked for (another batch size, another model) go first, not the ones the next step will
+        take. More than once: a step gives blocks back and takes them in another order than the
+        last, and with a cap of once a ResNet-20 step at batch 128 (outputs peaking at 354 MiB)
+        made 43 MiB of blocks anew every step; with 1.25 or more, none, also after switching to
+        batch 64 and back."""
         with self.lock:
             self.lent_bytes -= block.size
             self.idle[id(block)] = block
             self.idle_of_size[block.size].append(id(block))
             self.idle_bytes += block.size
-            while self.idle_bytes > 2 * self.peak_lent_bytes:
+            while self.idle_bytes > IDLE_CAP * self.peak_lent_bytes:
                 key, oldest = self.idle.popitem(last=False)
                 self.idle_of_size[oldest.size].remove(key)
                 self.idle_bytes -= oldest.size
@@ -130,6 +133,9 @@ def lend(shape, dtype):
     outputs" above): like np.empty, but its memory goes back to the cache, not to the system,
     when the array and its views are gone."""
     dtype = np.dtype(dtype)
+    if dtype.hasobject:  # raw bytes are not Python objects: NumPy would read garbage pointers
+        raise TypeError(f"minires.fast.memory.lend: dtype {dtype} holds Python objects; "
+                        f"only plain numbers can be lent (shape {tuple(shape)})")
     shape = tuple(int(n) for n in shape)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     size = max(PAGE, -(-nbytes // PAGE) * PAGE)
