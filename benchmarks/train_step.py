@@ -21,9 +21,10 @@ the import costs) and, as "step MB", the peak minus the resident set just before
 pool (the pool keeps its high-water mark, like torch's max_memory_reserved) against torch's
 max_memory_reserved and max_memory_allocated.
 
-Allocation. minires leaves glibc's malloc as it is (minires/fast/memory.py); run with
-MINIRES_KEEP_FREED_MEMORY=1 to time it with freed memory kept in the process, which then applies
-to every framework timed beside it.
+Allocation. minires leaves glibc's malloc as it is; its fast ops take their outputs from
+minires' own cache of blocks, which the next step reuses (minires/fast/memory.py). Run with
+MINIRES_KEEP_FREED_MEMORY=1 to time it with all freed memory kept in the process, which then
+applies to every framework timed beside it.
 
 GPU. On `--device cuda` minires runs twice: "minires", the ops `minires.functional` picks by
 default, and "minires-gpufast", the GPU fast ops (minires/fast/gpu.py, what MINIRES_GPU_FAST_OPS=1
