@@ -47,10 +47,15 @@ _asked = False  # MINIRES_KEEP_FREED_MEMORY=1 seen and acted on
 _buffers = threading.local()  # per thread: {name: flat byte buffer}
 
 
+def nbytes_of(shape, dtype):
+    """The bytes an array of `shape` and `dtype` (a np.dtype) takes."""
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 def workspace(name, shape, dtype):
     """An uninitialised array of `shape` and `dtype`, a view of this thread's buffer `name`."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = nbytes_of(shape, dtype)
     buffers = _buffers.__dict__
     buffer = buffers.get(name)
     if buffer is None or buffer.size < nbytes:
@@ -137,8 +142,7 @@ def lend(shape, dtype):
         raise TypeError(f"minires.fast.memory.lend: dtype {dtype} holds Python objects; "
                         f"only plain numbers can be lent (shape {tuple(shape)})")
     shape = tuple(int(n) for n in shape)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    size = max(PAGE, -(-nbytes // PAGE) * PAGE)
+    size = max(PAGE, -(-nbytes_of(shape, dtype) // PAGE) * PAGE)  # whole pages
     return np.asarray(_Loan(_cache.take(size), shape, dtype))
 
 
