@@ -10,6 +10,7 @@ compares against PyTorch and is skipped when it is not installed (see helpers.im
 
 Run one part only with a marker, e.g. `pytest -m torch` or `pytest -m "not gpu"`.
 """
+import gc
 import os
 import sys
 
@@ -67,3 +68,17 @@ def without_cuda():
 def rng():
     """A fresh seeded generator per test, so every test is reproducible on its own."""
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def no_stray_frees():
+    """The lent-block cache's books (fast/memory.py) change only by what the test itself does.
+    Arrays that earlier tests left in reference cycles (a traceback kept by pytest.raises, say)
+    give their blocks back whenever the garbage collector runs: collect them now, and hold the
+    collector off until the test ends."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

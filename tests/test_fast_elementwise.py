@@ -115,7 +115,7 @@ def test_two_dimensional_inputs(small_pieces):
         assert_identical(got, want)
 
 
-def test_channels_last_in_channels_last_out_and_lent():
+def test_channels_last_in_channels_last_out_and_lent(no_stray_frees):
     """At the default sizes: the results keep the input's layout, so the next conv reads them with
     no copy, and they are lent from minires' cache (fast/memory.py)."""
     rng = np.random.default_rng(3)

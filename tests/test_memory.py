@@ -12,7 +12,8 @@ import pytest
 
 from minires.fast import memory
 
-pytestmark = pytest.mark.cpu_only  # the CPU speed layer: see conftest.py
+pytestmark = [pytest.mark.cpu_only,                  # the CPU speed layer: see conftest.py
+              pytest.mark.usefixtures("no_stray_frees")]  # tests here read the cache's books
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
