@@ -1,6 +1,7 @@
 """minires.inspect: the "+1" split, per-layer statistics, Jacobians, anomaly mode, and the numbers
 the paper's argument rests on (plain vs residual gradient norms at initialisation)."""
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -135,6 +136,37 @@ def test_plain_net_has_block_norms_but_no_split(device):
     assert all(b["shortcut"] == "none" for b in rec.block_stats)
     assert all("shortcut_grad_norm" not in b for b in rec.block_stats)
     assert all(b["input_grad_norm"] > 0 for b in rec.block_stats)
+
+
+def test_a_recorder_keeps_the_numbers_and_lets_the_graph_go(device, no_stray_frees):
+    """Once the `with` ends, no op of the recorded pass (each holding its saved arrays) is alive,
+    with the garbage collector off: the Recorder keeps numbers, not the graph. Deleting the
+    Recorder then frees it and the model at once, with no reference cycle left for the collector."""
+    ops = []
+    remove = autograd.add_forward_observer(lambda fn, _inputs, _output: ops.append(weakref.ref(fn)))
+    try:
+        x, y = _batch(device)
+        model = _model(device, depth=14)
+        with inspect.record(model, keep_arrays=True) as rec:
+            F.cross_entropy(model(x), y).backward()
+    finally:
+        remove()
+    assert len(ops) > 50 and all(op() is None for op in ops)
+    assert rec.arrays("layer1.0")["shortcut"] is not None and rec.summary() > 0
+    recorder, net = weakref.ref(rec), weakref.ref(model)
+    del rec, model
+    assert recorder() is None and net() is None
+
+
+def test_a_recorder_hears_nothing_after_its_with_block(device):
+    """The hooks it put on the pass's tensors go with the others: a later backward through the
+    same input leaves the recorded numbers as they were."""
+    x, y = _batch(device)
+    model = _model(device)
+    rec = _recorded(model, x, y, keep_arrays=False)
+    numbers = [dict(row) for row in rec.layers] + [dict(stats) for stats in rec.block_stats]
+    F.cross_entropy(model(x * 3.0), y).backward()
+    assert [dict(row) for row in rec.layers] + [dict(stats) for stats in rec.block_stats] == numbers
 
 
 def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):

@@ -88,11 +88,14 @@ class Recorder:
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
+        for handle in self._handles:  # module hooks, and the hooks put on this pass's tensors
             handle.remove()
         for remove in self._removers:
             remove()
+        self._handles.clear()   # (they hold bound methods of self: a cycle)
+        self._removers.clear()
         self._finish()
+        self._let_go_of_the_graph()
         return False
 
     def _watch_layer(self, path, module):
@@ -105,7 +108,8 @@ class Recorder:
             row["output_std"] = float(output.data.std())
             self._last_conv = (output, row)
             if x.requires_grad:
-                x.register_hook(lambda g: row.__setitem__("input_grad_norm", _norm(g.data)))
+                self._handles.append(x.register_hook(
+                    lambda g: row.__setitem__("input_grad_norm", _norm(g.data))))
         self._handles.append(module.register_forward_hook(on_forward))
 
     def _on_batch_norm(self, _module, inputs, output):
@@ -123,14 +127,16 @@ class Recorder:
             self._running_block, self._running_shortcut = record, None
             record.input = inputs[0]
             if inputs[0].requires_grad:
-                inputs[0].register_hook(lambda g: self._on_block_input_grad(record, g))
+                self._handles.append(inputs[0].register_hook(
+                    lambda g: self._on_block_input_grad(record, g)))
 
         def on_block_output(_module, _inputs, output):
             self._running_block = None
             if self.keep_arrays:
                 record.arrays["output"] = output.data
             if output.requires_grad:
-                output.register_hook(lambda g: self._on_block_output_grad(record, g))
+                self._handles.append(output.register_hook(
+                    lambda g: self._on_block_output_grad(record, g)))
 
         self._handles.append(block.register_forward_pre_hook(on_block_input))
         self._handles.append(block.register_forward_hook(on_block_output))
@@ -190,6 +196,20 @@ class Recorder:
                 self._split_stats(record)
         self.block_stats = [r.stats for r in self.blocks]
 
+    def _let_go_of_the_graph(self):
+        """Keep the numbers, drop every tensor and Function of the recorded pass. They held the
+        whole graph with its saved arrays: held by a Recorder, that memory outlived the pass, and
+        through the hooks' references back to the Recorder it waited for the garbage collector."""
+        self._last_conv = None
+        self._by_add.clear()
+        self._by_split_point.clear()
+        self._shortcut_ops.clear()
+        for record in self.blocks:
+            record.input = record.split_point = record.add = None
+            record.parts = {"shortcut": [], "branch": []}
+            if not self.keep_arrays:
+                record.arrays.clear()  # add_grad, kept only to compute the split
+
     def _split_stats(self, record):
         g = record.arrays["add_grad"]
         shortcut = _sum(record.parts["shortcut"])
@@ -234,5 +254,7 @@ def _sum(parts):
 
 def record(model, keep_arrays=False):
     """Context manager: `with record(model) as rec: loss.backward()`; then rec.layers,
-    rec.block_stats, rec.summary(). keep_arrays keeps each block's gradient arrays for checks."""
+    rec.block_stats, rec.summary(). keep_arrays keeps each block's gradient arrays for checks.
+    The backward belongs inside the `with`: at its end the hooks come off and the Recorder lets go
+    of the pass's tensors, so holding many Recorders (one per depth) holds numbers, not graphs."""
     return Recorder(model, keep_arrays)
