@@ -142,6 +142,14 @@ ReLU.forward = _forward_with_mask_at_zero
 ReLU.backward = lambda self, gy: gy * self.planted_mask
 """
 
+RELU_FORWARD_AS_A_PRODUCT = """
+def _forward_as_a_product(self, x):
+    self.mask = x > 0
+    return x * self.mask  # -inf * 0 = NaN
+
+ReLU.forward = _forward_as_a_product
+"""
+
 BATCHNORM_WITHOUT_MEAN_TERM = BATCHNORM_KEEPING_X + """
 def _backward_without_mean_term(self, gy):
     dx, dgamma, dbeta = _backward(self, gy)
@@ -228,6 +236,9 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
     pytest.param("residual", "activation.py", RELU_GRADIENT_ONE_AT_ZERO, ["relu_backward"],
                  "FAIL  x of shape (2, 3, 4, 4) with exact zeros (relu'(0) = 0)",
                  marks=MARKS["residual"], id="residual-relu-at-zero"),
+    pytest.param("residual", "activation.py", RELU_FORWARD_AS_A_PRODUCT, ["relu_forward"],
+                 "FAIL  x with -inf and inf (relu(-inf) = 0)\n      y: first wrong element",
+                 marks=MARKS["residual"], id="residual-relu-forward-as-a-product"),
     pytest.param("residual", "residual.py", RESIDUAL_ADD_HALF_TO_BRANCH,
                  ["residual_add_backward", "basic_block_backward"], "dbranch: first wrong element",
                  marks=MARKS["residual"], id="residual-add-backward-reaches-the-block"),

@@ -81,7 +81,6 @@ def test_functional_runs_the_fast_ops_on_numpy_and_the_references_when_asked():
         minires.use_fast_ops()
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_relu_is_the_reference_bit_for_bit(small_pieces, layout, dtype):

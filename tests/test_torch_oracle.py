@@ -197,3 +197,22 @@ def test_batch_norm_eval_matches_torch(device, rng, batch_norm, dtype, x_shape):
              rng.standard_normal(channels)], device, dtype, rng)
     np.testing.assert_array_equal(ours_mean.numpy(), mean.astype(dtype))  # eval leaves them alone
     np.testing.assert_array_equal(ours_var.numpy(), var.astype(dtype))
+
+
+@pytest.mark.parametrize("size", [pytest.param(7, id="reference"),
+                                  pytest.param(1 << 17, id="fast-path-size")])
+def test_relu_of_infinities_and_nan_matches_torch(device, size):
+    """relu(-inf) = 0 (not -inf * 0 = NaN), relu(inf) = inf, relu(NaN) = NaN, as in torch; the
+    gradient is upstream * [x > 0] as in torch, except at NaN, where torch passes the upstream
+    gradient ([not x <= 0]) and minires gives 0. At 2**17 values NumPy inputs take minires.fast."""
+    edge = np.array([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf, np.nan], np.float32)
+    values = np.resize(edge, size).reshape(1, 1, 1, size)
+    x, theirs = make(values, device, requires_grad=True), torch.tensor(values, requires_grad=True)
+    y, expected = F.relu(x), torch.relu(theirs)
+    np.testing.assert_array_equal(y.numpy(), expected.detach().numpy())  # NaN where torch has NaN
+    upstream = np.ones_like(values)
+    y.backward(make(upstream, device))
+    expected.backward(torch.tensor(upstream))
+    is_nan = np.isnan(values)
+    np.testing.assert_array_equal(x.grad.numpy()[~is_nan], theirs.grad.numpy()[~is_nan])
+    assert (x.grad.numpy()[is_nan] == 0).all()

@@ -2,7 +2,8 @@
 BasicBlock's backward by hand, with the "+1" split it makes.
 
 ReLU's derivative at exactly 0 is taken as 0, as in PyTorch; the inputs contain exact zeros, so a
-mask written `x >= 0` fails. basic_block_backward builds a BasicBlock whose every ReLU and
+mask written `x >= 0` fails. relu(-inf) is 0, so a forward written `x * (x > 0)` (-inf * 0 = NaN)
+fails the case with infinities. basic_block_backward builds a BasicBlock whose every ReLU and
 residual add is the student's (patched into minires.functional) and compares its gradients with
 the reference block's, bit-close. Then the student writes the block's whole backward by hand
 (block.py: op by op, in reverse, over the ops the forward kept), which must give every gradient
@@ -35,10 +36,12 @@ def _away_from_zero(rng, shape):
 
 
 def relu_forward_cases(rng):
-    def case(shape):
-        return Case(f"x of shape {shape} with exact zeros", {"x": _with_zeros(rng, shape)},
-                    lambda impl, a: {"y": impl.activation.ReLU().apply(a["x"])})
-    return [case(shape) for shape in SHAPES]
+    def case(label, x):
+        return Case(label, {"x": x}, lambda impl, a: {"y": impl.activation.ReLU().apply(a["x"])})
+    with_infinities = _with_zeros(rng, SHAPES[0])
+    with_infinities.flat[:2] = -np.inf, np.inf
+    return [case(f"x of shape {shape} with exact zeros", _with_zeros(rng, shape))
+            for shape in SHAPES] + [case("x with -inf and inf (relu(-inf) = 0)", with_infinities)]
 
 
 def _relu_backward(impl, a):

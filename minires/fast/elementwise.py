@@ -5,7 +5,7 @@ over the pool's threads, into lent memory.
 students write. These ops subclass them (same checks, same backward) and compute the same values
 bit for bit, the same NumPy operations on the same numbers:
 
-    relu          mask = x > 0;  y = x * mask        backward: gx = gy * mask
+    relu          mask = x > 0;  y = max(x, 0)       backward: gx = gy * mask
     residual_add  y = shortcut + branch              backward: gy to both (the reference's)
 
 What differs is where the work runs and where the results live:
@@ -13,7 +13,7 @@ What differs is where the work runs and where the results live:
               channels-last memory is as flat as a C-ordered array, and the result comes back in
               the same layout, so the next conv reads it with no copy (fast/conv.py).
     threads   The flat run is cut into pieces of about PIECE_BYTES (small enough that a piece's
-              mask and product stay in the core's cache) that the pool's threads take in turn
+              mask and result stay in the core's cache) that the pool's threads take in turn
               (fast/threads.py). The references run in one thread.
     results   y, the mask and gx are lent (fast/memory.py): from the second training step on they
               reuse the last step's pages instead of faulting in new ones.
@@ -30,7 +30,7 @@ from .threads import run_chunks, split
 from ..ops.activation import ReLU
 from ..ops.residual import ResidualAdd
 
-PIECE_BYTES = 2**18  # the values of one piece: its mask and product stay in a core's cache
+PIECE_BYTES = 2**18  # the values of one piece: its mask and result stay in a core's cache
 MIN_SIZE = 2**16     # fewer values than this run in the reference, in one thread
 
 
@@ -80,9 +80,9 @@ class FastReLU(ReLU):
         y, y_flat = lend_like(x, axes, x.dtype)
         x_flat = flat(x, axes)
 
-        def piece(s):  # mask = x > 0; y = x * mask
+        def piece(s):  # mask = x > 0; y = max(x, 0)
             np.greater(x_flat[s], 0, out=mask_flat[s])
-            np.multiply(x_flat[s], mask_flat[s], out=y_flat[s])
+            np.maximum(x_flat[s], 0, out=y_flat[s])
         run_chunks(piece, pieces(x.size, x.itemsize))
         return y
 

@@ -18,13 +18,15 @@ class _Elementwise(Function):
 
 
 class ReLU(_Elementwise):
-    """y = max(x, 0);  dx = gy * [x > 0]"""
+    """y = max(x, 0);  dx = gy * [x > 0]
+
+    max, not x * [x > 0]: that product is -inf * 0 = NaN for x = -inf, where relu gives 0."""
     name = "relu"
 
     def forward(self, x):
         # BEGIN SOLUTION
         self.mask = x > 0
-        return x * self.mask
+        return backend.xp(x).maximum(x, 0)
         # END SOLUTION
 
     def backward(self, gy):
