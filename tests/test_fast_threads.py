@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -225,3 +226,28 @@ x = minires.tensor(np.ones((1, 1, 3, 3)), requires_grad=True)
 print(F.fast_ops_enabled(), type(F.conv2d(x, x).creator).__module__)
 """, MINIRES_FAST_OPS="0")
     assert out.split() == ["False", "minires.ops.conv"]
+
+
+def _overflow(chunk):
+    """float16 overflow (65504 is the largest value) in whichever thread takes the chunk."""
+    return np.full(4, 6e4, np.float16) * np.float16(chunk)
+
+
+def test_the_callers_floating_point_error_settings_hold_in_the_pool(monkeypatch):
+    """np.errstate is per context (a context variable): the helpers run in the caller's, so
+    overflow raises where the caller asked it to, and is silent where the caller silenced it."""
+    monkeypatch.setattr(fast_threads, "num_threads", lambda: 2)
+    chunks = [2.0] * 64                                     # enough for the helper to take some
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError, match="overflow"):
+        fast_threads.run_chunks(_overflow, chunks)
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")                     # any warning fails the test
+        assert all(np.isinf(r).all() for r in fast_threads.run_chunks(_overflow, chunks))
+
+
+def test_errstate_raise_catches_an_overflow_inside_a_fast_conv(rng):
+    """What a user sees: the float16 conv that overflows raises under np.errstate(over="raise")."""
+    x = make(np.full((8, 16, 16, 16), 200.0, np.float16), "cpu")
+    w = make(np.full((16, 16, 3, 3), 200.0, np.float16), "cpu")
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        F.conv2d(x, w, padding=1)

@@ -24,6 +24,7 @@ MINIRES_NUM_THREADS threads work on the chunks (default: the cores the process m
 caller and that many minus one helpers; 1 runs every chunk in the calling thread, in order.
 """
 import contextlib
+import contextvars
 import itertools
 import os
 import threading
@@ -130,7 +131,9 @@ def run_chunks(fn, chunks):
     """[fn(chunk) for chunk in chunks], the calls spread over the calling thread and the pool's
     helpers. Each thread takes the next chunk when it is done with one. The caller works too, and
     waits only for chunks a helper has taken, never for a helper to wake up: on a busy machine a
-    helper that starts late finds nothing left, and the call costs what one thread would."""
+    helper that starts late finds nothing left, and the call costs what one thread would.
+    Helpers run in a copy of the caller's context, so NumPy's floating-point error settings
+    (np.errstate, np.seterr: context variables) apply to every chunk as to the caller's own."""
     size = min(num_threads(), len(chunks))
     if size <= 1:
         return [fn(chunk) for chunk in chunks]
@@ -148,8 +151,8 @@ def run_chunks(fn, chunks):
             if next(finished) == len(chunks):
                 all_done.set()
     pool = _pool_of(size - 1)
-    for _ in range(size - 1):
-        pool.submit(work)
+    for _ in range(size - 1):  # in a copy of the caller's context: its np.errstate holds there
+        pool.submit(contextvars.copy_context().run, work)
     work()
     all_done.wait()
     if errors:
