@@ -2,10 +2,11 @@
 both CSVs, and a figure that explains itself (stage boundaries, the fc point, the zigzag)."""
 import csv
 
+import numpy as np
 import pytest
 
 from minires import cli
-from minires.inspect import compare, plots
+from minires.inspect import compare, one_batch, plots, record_gradients, summary_lines
 
 
 def _rows(path):
@@ -63,3 +64,42 @@ def test_the_figure_labels_stages_fc_and_zigzag(tmp_path, monkeypatch):
         assert all("first/last block" in t for t in legend)
     note = " ".join(t.get_text() for t in fig.texts)
     assert "zigzag" in note and "Filled dots: the input of each block" in note
+
+
+def test_float64_runs_the_nets_in_float64_with_the_float32_numbers(tmp_path):
+    in_float32, _ = compare((8,), batch_size=4, data="synthetic")
+    in_float64, _ = compare((8,), batch_size=4, data="synthetic", dtype="float64")
+    for key, rec in in_float64.items():
+        assert rec.dtype == "float64" and in_float32[key].dtype == "float32"
+        for row, row32 in zip(rec.layers, in_float32[key].layers):
+            assert row["input_grad_norm"] == pytest.approx(row32["input_grad_norm"], rel=1e-3)
+    assert cli.main(["gradients", "--depths", "8", "--batch-size", "4", "--data", "synthetic",
+                     "--bn", "--dtype", "float64", "--out", str(tmp_path)]) == 0
+
+
+def test_an_overflowed_gradient_is_named_in_the_summary_and_the_legend():
+    """plain-164 with BN in float16 (largest value 65504): the gradient outgrows the dtype in
+    stage 1, as plain-1202's outgrows float32. The summary and the legend say so, not 'nan'."""
+    x, y, _ = one_batch(8)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rec = record_gradients(164, False, x, y, batch_norm=True, dtype=np.float16)
+    overflowed = rec.nonfinite_layers()
+    assert rec.dtype == "float16" and overflowed and overflowed[0] == "conv1"
+    assert all(r["layer"] in overflowed for r in rec.layers[:len(overflowed)])
+    lines = summary_lines({("plain", 164): rec})
+    assert (f"the gradient overflowed float16: not finite at {len(overflowed)} layer inputs, "
+            f"the nearest the output {overflowed[-1]} (float64 has room") in lines[1]
+    assert plots._legend_label("plain", 164, rec) == f"plain-164: overflowed float16 below " \
+                                                       f"{overflowed[-1]}"
+
+
+def test_the_figure_title_fits_with_one_setting(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    runs = {True: compare((8,), batch_norm=True, batch_size=4, data="synthetic")[0]}
+    drawn = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: drawn.append(fig) or path)
+    plots.plot_gradients_bn_vs_no_bn(runs, tmp_path / "g.png")
+    fig = drawn[0]
+    fig.canvas.draw()
+    title = fig._suptitle.get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.width

@@ -40,18 +40,22 @@ def one_batch(batch_size=32, data="synthetic", seed=0, device=None):
     return x, y, data
 
 
-def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None):
+def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None, dtype=None):
     """Build the net (seeded), run one forward/backward on (x, y), return the Recorder.
 
-    The net goes to `device` (default: where x is), and x and y with it. With BN the convs get He
-    init (fan_out); without BN, PyTorch's default uniform init.
+    The net goes to `device` (default: where x is), and x and y with it; with `dtype` (say
+    float64, for depths whose gradients overflow float32) the net and x are cast to it. With BN
+    the convs get He init (fan_out); without BN, PyTorch's default uniform init.
     """
     device = device or x.device
     backend.seed(seed)
     model = cifar_resnet(depth, residual=residual, batch_norm=batch_norm,
                          init="he" if batch_norm else "torch")
     model.to(device).train()
-    x = tensor(x.data, requires_grad=True, device=device)  # a leaf: the first input gradient too
+    x_data = x.data if dtype is None else x.data.astype(dtype)
+    if dtype is not None:
+        model.astype(dtype)
+    x = tensor(x_data, requires_grad=True, device=device)  # a leaf: the first input gradient too
     y = tensor(y.data, device=device)
     with record(model) as rec:
         loss = F.cross_entropy(model(x), y)
@@ -62,13 +66,15 @@ def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None
 
 
 def compare(depths, batch_norm=True, batch_size=32, seed=0, device=None, data="synthetic",
-            progress=None):
-    """{(net, depth): Recorder} for net in ('plain', 'residual') and every depth."""
+            progress=None, dtype=None):
+    """{(net, depth): Recorder} for net in ('plain', 'residual') and every depth (in `dtype`,
+    float32 by default)."""
     x, y, source = one_batch(batch_size, data, seed, device)
     results = {}
     for depth in depths:
         for net, residual in (("plain", False), ("residual", True)):
-            results[(net, depth)] = record_gradients(depth, residual, x, y, batch_norm, seed, device)
+            results[(net, depth)] = record_gradients(depth, residual, x, y, batch_norm, seed,
+                                                     device, dtype)
             if progress is not None:
                 progress.update(1)
     return results, source
@@ -80,6 +86,12 @@ def summary_lines(results):
     for (net, depth), rec in results.items():
         lines.append(f"{net:>8}-{depth:<5} first/last block input-gradient ratio "
                      f"{rec.summary():12.4g}   loss {rec.loss:.4f}")
+        overflowed = rec.nonfinite_layers()
+        if overflowed:
+            count = f"{len(overflowed)} layer input" + ("s" if len(overflowed) > 1 else "")
+            lines.append(f"{'':15}the gradient overflowed {rec.dtype}: not finite at {count}, the "
+                         f"nearest the output {overflowed[-1]}"
+                         f"{' (float64 has room: --dtype float64)' if rec.dtype != 'float64' else ''}")
     return lines
 
 

@@ -43,8 +43,7 @@ def _draw_layer_gradients(ax, results, depth):
         rec = results[(net, depth)]
         rows = rec.layers
         xs, ys = _series(rows, "input_grad_norm")
-        ax.semilogy(xs, ys, "-", lw=0.8, color=colour,
-                    label=f"{net}-{depth}: first/last block {rec.summary():.2g}x")
+        ax.semilogy(xs, ys, "-", lw=0.8, color=colour, label=_legend_label(net, depth, rec))
         mid = [rows[i]["layer"].endswith(".conv2") for i in xs]
         ax.semilogy([x for x, m in zip(xs, mid) if not m], [y for y, m in zip(ys, mid) if not m],
                     "o", ms=3.5, color=colour)
@@ -73,6 +72,15 @@ def _draw_layer_gradients(ax, results, depth):
     ax.set_ylabel("||dL/d(layer input)||")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
+
+
+def _legend_label(net, depth, rec):
+    """'plain-56: first/last block 4.2e+03x'; where the gradient overflowed the dtype (its curve
+    then stops short of the input), that instead."""
+    overflowed = rec.nonfinite_layers()
+    if overflowed:
+        return f"{net}-{depth}: overflowed {rec.dtype} below {overflowed[-1]}"
+    return f"{net}-{depth}: first/last block {rec.summary():.2g}x"
 
 
 def _label_height(ax, point):
@@ -115,8 +123,8 @@ def plot_gradients_bn_vs_no_bn(runs, path, source="synthetic"):
             _draw_layer_gradients(ax, runs[batch_norm], depth)
             setting = "with BN, He init" if batch_norm else "without BN, PyTorch default init"
             ax.set_title(f"depth {depth}, {setting}", fontsize=10)
-    fig.suptitle(f"||dL/d(layer input)|| at initialisation, one {source} batch: a ratio below 1 "
-                 "vanishes toward the input, above 1 grows")
+    fig.suptitle(f"||dL/d(layer input)|| at initialisation, one {source} batch\n"
+                 "a first/last ratio below 1 vanishes toward the input, above 1 grows")
     fig.text(0.5, 0.005, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=8, wrap=True)
     fig.tight_layout(rect=(0, 0.45 / (3.6 * len(depths) + 0.8), 1, 1))
     return save_figure(fig, path)

@@ -18,7 +18,7 @@ It reads autograd only through its public observer contract (minires.autograd: t
 tensors, its output and gradients) and tells ops apart by class: the ResidualAdd of each block, and
 the ops that ran inside the block's shortcut module (seen between that module's forward hooks).
 """
-import numpy as np
+import math
 
 from .. import autograd, backend
 from ..nn import BasicBlock, BatchNorm2d, Conv2d, Identity, Linear, PadChannels, PreActBlock
@@ -66,6 +66,7 @@ class Recorder:
 
     def __init__(self, model, keep_arrays=False):
         self.model, self.keep_arrays = model, keep_arrays
+        self.dtype = None  # the recorded pass's dtype (its first conv's output), as a string
         self.layers, self.blocks = [], []
         self._layer_rows, self._handles, self._removers = {}, [], []
         self._last_conv = None
@@ -104,8 +105,9 @@ class Recorder:
 
         def on_forward(_module, inputs, output):
             x = inputs[0]
-            row["output_mean"] = float(output.data.mean())
-            row["output_std"] = float(output.data.std())
+            self.dtype = self.dtype or str(output.data.dtype)
+            row["output_mean"] = float(output.data.mean(dtype="float64"))
+            row["output_std"] = float(output.data.std(dtype="float64"))
             self._last_conv = (output, row)
             if x.requires_grad:
                 self._handles.append(x.register_hook(
@@ -116,8 +118,8 @@ class Recorder:
         """Figure 7's quantity: the BN output right after a conv, before any ReLU."""
         if self._last_conv is not None and inputs[0] is self._last_conv[0]:
             row = self._last_conv[1]
-            row["bn_output_mean"] = float(output.data.mean())
-            row["bn_output_std"] = float(output.data.std())
+            row["bn_output_mean"] = float(output.data.mean(dtype="float64"))
+            row["bn_output_std"] = float(output.data.std(dtype="float64"))
 
     def _watch_block(self, path, block):
         record = _BlockRecord(path, block)
@@ -234,6 +236,12 @@ class Recorder:
             if record.path == block_path:
                 return record.arrays
         raise KeyError(f"no residual block at {block_path!r}")
+
+    def nonfinite_layers(self):
+        """The layers (input side first) whose input gradient is NaN or Inf: there the gradient
+        outgrew the dtype (float32 ends at 3.4e38), as a plain net's does at depth 1202."""
+        return [row["layer"] for row in self.layers
+                if not math.isfinite(row.get("input_grad_norm", 0.0))]
 
     def summary(self):
         """Ratio of dL/dx norms at the first block's input and the last block's input."""
