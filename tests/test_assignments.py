@@ -132,6 +132,8 @@ BatchNorm.forward, BatchNorm.backward = _forward_keeping_x, _backward_without_va
 """
 
 RELU_GRADIENT_ONE_AT_ZERO = """
+import numpy as np
+
 _forward = ReLU.forward
 
 def _forward_with_mask_at_zero(self, x):
@@ -139,7 +141,11 @@ def _forward_with_mask_at_zero(self, x):
     return _forward(self, x)
 
 ReLU.forward = _forward_with_mask_at_zero
-ReLU.backward = lambda self, gy: gy * self.planted_mask
+ReLU.backward = lambda self, gy: np.where(self.planted_mask, gy, 0)
+"""
+
+RELU_BACKWARD_AS_A_PRODUCT = """
+ReLU.backward = lambda self, gy: gy * self.mask  # inf * 0 = NaN where x <= 0
 """
 
 RELU_FORWARD_AS_A_PRODUCT = """
@@ -236,6 +242,10 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
     pytest.param("residual", "activation.py", RELU_GRADIENT_ONE_AT_ZERO, ["relu_backward"],
                  "FAIL  x of shape (2, 3, 4, 4) with exact zeros (relu'(0) = 0)",
                  marks=MARKS["residual"], id="residual-relu-at-zero"),
+    pytest.param("residual", "activation.py", RELU_BACKWARD_AS_A_PRODUCT, ["relu_backward"],
+                 "FAIL  upstream gradient with inf and -inf (dx = 0 where x <= 0, not inf * 0)\n"
+                 "      dx: first wrong element", marks=MARKS["residual"],
+                 id="residual-relu-backward-as-a-product"),
     pytest.param("residual", "activation.py", RELU_FORWARD_AS_A_PRODUCT, ["relu_forward"],
                  "FAIL  x with -inf and inf (relu(-inf) = 0)\n      y: first wrong element",
                  marks=MARKS["residual"], id="residual-relu-forward-as-a-product"),

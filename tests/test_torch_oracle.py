@@ -203,15 +203,16 @@ def test_batch_norm_eval_matches_torch(device, rng, batch_norm, dtype, x_shape):
                                   pytest.param(1 << 17, id="fast-path-size")])
 def test_relu_of_infinities_and_nan_matches_torch(device, size):
     """relu(-inf) = 0 (not -inf * 0 = NaN), relu(inf) = inf, relu(NaN) = NaN, as in torch; the
-    gradient is upstream * [x > 0] as in torch, except at NaN, where torch passes the upstream
-    gradient ([not x <= 0]) and minires gives 0. At 2**17 values NumPy inputs take minires.fast."""
+    gradient is the upstream one where x > 0 and 0 elsewhere, also for an infinite upstream
+    gradient, as in torch, except at x = NaN, where torch passes the upstream gradient and minires
+    gives 0. At 2**17 values NumPy inputs take minires.fast."""
     edge = np.array([-np.inf, -1.0, -0.0, 0.0, 2.0, np.inf, np.nan], np.float32)
     values = np.resize(edge, size).reshape(1, 1, 1, size)
     x, theirs = make(values, device, requires_grad=True), torch.tensor(values, requires_grad=True)
     y, expected = F.relu(x), torch.relu(theirs)
     np.testing.assert_array_equal(y.numpy(), expected.detach().numpy())  # NaN where torch has NaN
-    upstream = np.ones_like(values)
-    y.backward(make(upstream, device))
+    upstream = np.resize(np.array([np.inf, 1.0, -np.inf], np.float32), size).reshape(values.shape)
+    y.backward(make(upstream, device))                  # infinite gy at x <= 0: 0, not inf * 0
     expected.backward(torch.tensor(upstream))
     is_nan = np.isnan(values)
     np.testing.assert_array_equal(x.grad.numpy()[~is_nan], theirs.grad.numpy()[~is_nan])

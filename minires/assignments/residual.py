@@ -3,7 +3,8 @@ BasicBlock's backward by hand, with the "+1" split it makes.
 
 ReLU's derivative at exactly 0 is taken as 0, as in PyTorch; the inputs contain exact zeros, so a
 mask written `x >= 0` fails. relu(-inf) is 0, so a forward written `x * (x > 0)` (-inf * 0 = NaN)
-fails the case with infinities. basic_block_backward builds a BasicBlock whose every ReLU and
+fails the case with infinities, as does a backward written `gy * (x > 0)` where an infinite gy
+meets x <= 0. basic_block_backward builds a BasicBlock whose every ReLU and
 residual add is the student's (patched into minires.functional) and compares its gradients with
 the reference block's, bit-close. Then the student writes the block's whole backward by hand
 (block.py: op by op, in reverse, over the ops the forward kept), which must give every gradient
@@ -58,6 +59,10 @@ def relu_backward_cases(rng):
                           _with_zeros(rng, shape))):
             cases.append(Case(f"{label}, random upstream gradient",
                               {"x": x, "gy": rng.standard_normal(shape)}, _relu_backward))
+    x, gy = _with_zeros(rng, SHAPES[0]), rng.standard_normal(SHAPES[0])
+    x.flat[:4], gy.flat[:4] = (-1.0, 0.0, 2.0, -3.0), (np.inf, -np.inf, np.inf, -np.inf)
+    cases.append(Case("upstream gradient with inf and -inf (dx = 0 where x <= 0, not inf * 0)",
+                      {"x": x, "gy": gy}, _relu_backward))
     return cases
 
 

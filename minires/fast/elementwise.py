@@ -5,7 +5,7 @@ over the pool's threads, into lent memory.
 students write. These ops subclass them (same checks, same backward) and compute the same values
 bit for bit, the same NumPy operations on the same numbers:
 
-    relu          mask = x > 0;  y = max(x, 0)       backward: gx = gy * mask
+    relu          mask = x > 0;  y = max(x, 0)       backward: gx = gy where mask, else 0
     residual_add  y = shortcut + branch              backward: gy to both (the reference's)
 
 What differs is where the work runs and where the results live:
@@ -92,8 +92,11 @@ class FastReLU(ReLU):
             return super().backward(gy)
         gx, gx_flat = lend_like(gy, axes, gy.dtype)
         gy_flat, mask_flat = flat(gy, axes), flat(self.mask, axes)
-        run_chunks(lambda s: np.multiply(gy_flat[s], mask_flat[s], out=gx_flat[s]),
-                   pieces(gy.size, gy.itemsize))
+
+        def piece(s):  # gx = gy where mask, else 0 (np.where has no out=)
+            gx_flat[s] = 0
+            np.copyto(gx_flat[s], gy_flat[s], where=mask_flat[s])
+        run_chunks(piece, pieces(gy.size, gy.itemsize))
         return gx
 
 

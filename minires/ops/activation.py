@@ -18,9 +18,11 @@ class _Elementwise(Function):
 
 
 class ReLU(_Elementwise):
-    """y = max(x, 0);  dx = gy * [x > 0]
+    """y = max(x, 0);  dx = gy where x > 0, else 0
 
-    max, not x * [x > 0]: that product is -inf * 0 = NaN for x = -inf, where relu gives 0."""
+    Selections, not products with the 0/1 mask: x * [x > 0] is -inf * 0 = NaN at x = -inf, where
+    relu gives 0, and gy * [x > 0] is NaN where an infinite gy meets x <= 0, where PyTorch gives 0.
+    (At x = NaN the mask is False: dx is 0, where PyTorch passes gy through.)"""
     name = "relu"
 
     def forward(self, x):
@@ -31,7 +33,7 @@ class ReLU(_Elementwise):
 
     def backward(self, gy):
         # BEGIN SOLUTION
-        return gy * self.mask
+        return backend.xp(gy).where(self.mask, gy, 0)
         # END SOLUTION
 
 
