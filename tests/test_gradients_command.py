@@ -1,6 +1,7 @@
 """`minires gradients`, the main job: BN and no-BN side by side by default, a batch_norm column in
 both CSVs, and a figure that explains itself (stage boundaries, the fc point, the zigzag)."""
 import csv
+import warnings
 
 import numpy as np
 import pytest
@@ -77,20 +78,29 @@ def test_float64_runs_the_nets_in_float64_with_the_float32_numbers(tmp_path):
                      "--bn", "--dtype", "float64", "--out", str(tmp_path)]) == 0
 
 
-def test_an_overflowed_gradient_is_named_in_the_summary_and_the_legend():
-    """plain-164 with BN in float16 (largest value 65504): the gradient outgrows the dtype in
-    stage 1, as plain-1202's outgrows float32. The summary and the legend say so, not 'nan'."""
+@pytest.mark.parametrize("depth, batch_norm, dtype, kind", [
+    (164, True, "float16", "overflowed"),   # largest float16 65504: as plain-1202 in float32
+    (110, False, "float32", "underflowed"),  # smallest normal float32 1.2e-38: no BN, depth 110
+])
+def test_a_gradient_out_of_the_dtypes_range_is_named_in_the_summary_and_the_legend(
+        depth, batch_norm, dtype, kind):
+    """A plain net's gradient outgrows its dtype toward the input (with BN) or shrinks below it
+    (without). The summary and the legend say which, and where, instead of a ratio of nan or 0."""
     x, y, _ = one_batch(8)
-    with np.errstate(over="ignore", invalid="ignore"):
-        rec = record_gradients(164, False, x, y, batch_norm=True, dtype=np.float16)
-    overflowed = rec.nonfinite_layers()
-    assert rec.dtype == "float16" and overflowed and overflowed[0] == "conv1"
-    assert all(r["layer"] in overflowed for r in rec.layers[:len(overflowed)])
-    lines = summary_lines({("plain", 164): rec})
-    assert (f"the gradient overflowed float16: not finite at {len(overflowed)} layer inputs, "
-            f"the nearest the output {overflowed[-1]} (float64 has room") in lines[1]
-    assert plots._legend_label("plain", 164, rec) == f"plain-164: overflowed float16 below " \
-                                                       f"{overflowed[-1]}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # record_gradients says it in words, not in warnings
+        rec = record_gradients(depth, False, x, y, batch_norm=batch_norm, dtype=dtype)
+    layers = rec.out_of_range_layers()[kind]
+    assert rec.dtype == dtype and layers and layers[0] == "conv1"
+    assert [r["layer"] for r in rec.layers[:len(layers)]] == layers  # from the input side on
+    other = "underflowed" if kind == "overflowed" else "overflowed"
+    assert rec.out_of_range_layers()[other] == []
+    lines = summary_lines({("plain", depth): rec})
+    assert (f"the gradient {kind} {dtype} at {len(layers)} layer inputs, from conv1 to "
+            f"{layers[-1]} (float64 has a wider range: dtype='float64', or --dtype float64)"
+            ) in lines[1]
+    assert plots._legend_label("plain", depth, rec) == \
+        f"plain-{depth}: {kind} {dtype} from conv1 to {layers[-1]}"
 
 
 def test_the_figure_title_fits_with_one_setting(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """minires.inspect: the "+1" split, per-layer statistics, Jacobians, anomaly mode, and the numbers
 the paper's argument rests on (plain vs residual gradient norms at initialisation)."""
 import threading
+import warnings
 import weakref
 
 import numpy as np
@@ -167,6 +168,38 @@ def test_a_recorder_hears_nothing_after_its_with_block(device):
     numbers = [dict(row) for row in rec.layers] + [dict(stats) for stats in rec.block_stats]
     F.cross_entropy(model(x * 3.0), y).backward()
     assert [dict(row) for row in rec.layers] + [dict(stats) for stats in rec.block_stats] == numbers
+
+
+def test_a_backward_outside_the_with_block_is_told_not_silently_missing(device):
+    x, y = _batch(device)
+    model = _model(device)
+    with pytest.warns(RuntimeWarning, match=r"no gradient reached the model inside the `with` "
+                                            r"block.*call loss.backward\(\) inside it"):
+        with inspect.record(model) as rec:
+            loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert all("input_grad_norm" not in row for row in rec.layers)
+
+
+def test_a_forward_only_record_under_no_grad_warns_nothing(device):
+    """Forward statistics alone (tutorial 7's layer responses) are a use, not a mistake."""
+    x, _ = _batch(device)
+    model = _model(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with minires.no_grad(), inspect.record(model) as rec:
+            model(x)
+    assert all("output_std" in row for row in rec.layers)
+
+
+def test_asking_for_arrays_that_were_not_kept_or_do_not_exist_says_what_there_is(device):
+    x, y = _batch(device)
+    model = _model(device)
+    with pytest.raises(KeyError, match=r"keep_arrays=True"):
+        _recorded(model, x, y, keep_arrays=False).arrays("layer1.0")
+    with pytest.raises(KeyError, match=r"no residual block at 'layer1'; the blocks are: "
+                                       r"layer1.0, layer2.0, layer3.0"):
+        _recorded(model, x, y).arrays("layer1")
 
 
 def test_jacobian_of_residual_block_is_identity_plus_branch_jacobian(device):

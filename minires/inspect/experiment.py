@@ -57,8 +57,8 @@ def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None
         model.astype(dtype)
     x = tensor(x_data, requires_grad=True, device=device)  # a leaf: the first input gradient too
     y = tensor(y.data, device=device)
-    with record(model) as rec:
-        loss = F.cross_entropy(model(x), y)
+    with record(model) as rec, np.errstate(over="ignore", invalid="ignore"):  # range_notes says
+        loss = F.cross_entropy(model(x), y)                                   # where, in words
         loss.backward()
     rec.loss = float(loss.item())
     rec.batch_norm = batch_norm
@@ -80,18 +80,27 @@ def compare(depths, batch_norm=True, batch_size=32, seed=0, device=None, data="s
     return results, source
 
 
+def range_notes(rec):
+    """A line for each way the recorded gradient left its dtype's range (Recorder.
+    out_of_range_layers), naming where; empty when it stayed inside."""
+    notes = []
+    for kind, layers in rec.out_of_range_layers().items():
+        if layers:
+            count = f"{len(layers)} layer input" + ("s" if len(layers) > 1 else "")
+            where = layers[0] if len(layers) == 1 else f"from {layers[0]} to {layers[-1]}"
+            hint = "" if rec.dtype == "float64" else " (float64 has a wider range: " \
+                                                     "dtype='float64', or --dtype float64)"
+            notes.append(f"the gradient {kind} {rec.dtype} at {count}, {where}{hint}")
+    return notes
+
+
 def summary_lines(results):
     """One line per net: ||dL/dx|| at the first block's input over the last block's input."""
     lines = []
     for (net, depth), rec in results.items():
         lines.append(f"{net:>8}-{depth:<5} first/last block input-gradient ratio "
                      f"{rec.summary():12.4g}   loss {rec.loss:.4f}")
-        overflowed = rec.nonfinite_layers()
-        if overflowed:
-            count = f"{len(overflowed)} layer input" + ("s" if len(overflowed) > 1 else "")
-            lines.append(f"{'':15}the gradient overflowed {rec.dtype}: not finite at {count}, the "
-                         f"nearest the output {overflowed[-1]}"
-                         f"{' (float64 has room: --dtype float64)' if rec.dtype != 'float64' else ''}")
+        lines += [f"{'':15}{line}" for line in range_notes(rec)]
     return lines
 
 

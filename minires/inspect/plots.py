@@ -75,12 +75,13 @@ def _draw_layer_gradients(ax, results, depth):
 
 
 def _legend_label(net, depth, rec):
-    """'plain-56: first/last block 4.2e+03x'; where the gradient overflowed the dtype (its curve
-    then stops short of the input), that instead."""
-    overflowed = rec.nonfinite_layers()
-    if overflowed:
-        return f"{net}-{depth}: overflowed {rec.dtype} below {overflowed[-1]}"
-    return f"{net}-{depth}: first/last block {rec.summary():.2g}x"
+    """'plain-56: first/last block 3715x'; where the gradient left the dtype's range (its curve
+    then stops short of the input), that instead: 'plain-1202: overflowed float32 from conv1 to
+    layer2.75.conv1'."""
+    for kind, layers in rec.out_of_range_layers().items():
+        if layers:
+            return f"{net}-{depth}: {kind} {rec.dtype} from {layers[0]} to {layers[-1]}"
+    return f"{net}-{depth}: first/last block {rec.summary():.4g}x"
 
 
 def _label_height(ax, point):

@@ -19,6 +19,9 @@ tensors, its output and gradients) and tells ops apart by class: the ResidualAdd
 the ops that ran inside the block's shortcut module (seen between that module's forward hooks).
 """
 import math
+import warnings
+
+import numpy as np
 
 from .. import autograd, backend
 from ..nn import BasicBlock, BatchNorm2d, Conv2d, Identity, Linear, PadChannels, PreActBlock
@@ -67,7 +70,8 @@ class Recorder:
     def __init__(self, model, keep_arrays=False):
         self.model, self.keep_arrays = model, keep_arrays
         self.dtype = None  # the recorded pass's dtype (its first conv's output), as a string
-        self.layers, self.blocks = [], []
+        self.layers, self.blocks, self.block_stats = [], [], []
+        self._gradients_expected = self._gradients_seen = 0  # hooks put on tensors, hooks fired
         self._layer_rows, self._handles, self._removers = {}, [], []
         self._last_conv = None
         self._running_block = None     # the block whose forward is running, if any
@@ -95,9 +99,22 @@ class Recorder:
             remove()
         self._handles.clear()   # (they hold bound methods of self: a cycle)
         self._removers.clear()
+        if self._gradients_expected and not self._gradients_seen and exc[0] is None:
+            warnings.warn("record: no gradient reached the model inside the `with` block, so only "
+                          "forward statistics were recorded; call loss.backward() inside it",
+                          RuntimeWarning, stacklevel=2)
         self._finish()
         self._let_go_of_the_graph()
         return False
+
+    def _hook_gradient(self, tensor, on_gradient):
+        """Call on_gradient(dL/d tensor) when the backward reaches `tensor`; counted, so that the
+        end of the `with` can tell a backward that never came."""
+        def hook(grad):
+            self._gradients_seen += 1
+            on_gradient(grad)
+        self._gradients_expected += autograd.is_grad_enabled()  # under no_grad, none will come
+        self._handles.append(tensor.register_hook(hook))
 
     def _watch_layer(self, path, module):
         row = {"layer": path, "type": type(module).__name__, "index": len(self._layer_rows)}
@@ -110,8 +127,7 @@ class Recorder:
             row["output_std"] = float(output.data.std(dtype="float64"))
             self._last_conv = (output, row)
             if x.requires_grad:
-                self._handles.append(x.register_hook(
-                    lambda g: row.__setitem__("input_grad_norm", _norm(g.data))))
+                self._hook_gradient(x, lambda g: row.__setitem__("input_grad_norm", _norm(g.data)))
         self._handles.append(module.register_forward_hook(on_forward))
 
     def _on_batch_norm(self, _module, inputs, output):
@@ -129,16 +145,14 @@ class Recorder:
             self._running_block, self._running_shortcut = record, None
             record.input = inputs[0]
             if inputs[0].requires_grad:
-                self._handles.append(inputs[0].register_hook(
-                    lambda g: self._on_block_input_grad(record, g)))
+                self._hook_gradient(inputs[0], lambda g: self._on_block_input_grad(record, g))
 
         def on_block_output(_module, _inputs, output):
             self._running_block = None
             if self.keep_arrays:
                 record.arrays["output"] = output.data
             if output.requires_grad:
-                self._handles.append(output.register_hook(
-                    lambda g: self._on_block_output_grad(record, g)))
+                self._hook_gradient(output, lambda g: self._on_block_output_grad(record, g))
 
         self._handles.append(block.register_forward_pre_hook(on_block_input))
         self._handles.append(block.register_forward_hook(on_block_output))
@@ -234,14 +248,24 @@ class Recorder:
         input_grad, output (the block's output value) and output_grad."""
         for record in self.blocks:
             if record.path == block_path:
+                if not self.keep_arrays:
+                    raise KeyError("record: arrays are kept only with record(model, "
+                                   "keep_arrays=True)")
                 return record.arrays
-        raise KeyError(f"no residual block at {block_path!r}")
+        paths = ", ".join(record.path for record in self.blocks) or "none"
+        raise KeyError(f"record: no residual block at {block_path!r}; the blocks are: {paths}")
 
-    def nonfinite_layers(self):
-        """The layers (input side first) whose input gradient is NaN or Inf: there the gradient
-        outgrew the dtype (float32 ends at 3.4e38), as a plain net's does at depth 1202."""
-        return [row["layer"] for row in self.layers
-                if not math.isfinite(row.get("input_grad_norm", 0.0))]
+    def out_of_range_layers(self):
+        """{"overflowed": layers, "underflowed": layers}, each input side first: the layers whose
+        input gradient left the dtype's range. Overflowed: NaN or Inf (past 3.4e38 in float32, as a
+        plain net's gradient with BN at depth 1202). Underflowed: a norm under the dtype's smallest
+        normal number (1.2e-38 in float32), so every value is 0 or subnormal, its digits lost (a
+        plain net's without BN at depth 110)."""
+        norms = [(row["layer"], row["input_grad_norm"]) for row in self.layers
+                 if row.get("input_grad_norm") is not None]
+        tiny = float(np.finfo(self.dtype).tiny) if self.dtype else 0.0
+        return {"overflowed": [layer for layer, norm in norms if not math.isfinite(norm)],
+                "underflowed": [layer for layer, norm in norms if norm < tiny]}
 
     def summary(self):
         """Ratio of dL/dx norms at the first block's input and the last block's input."""
