@@ -70,6 +70,17 @@ def process_for_training():
     return one_blas_thread_for_this_process()
 
 
+def count_at_least(low):
+    """An argparse type: an integer >= low (argparse prints the error and the usage)."""
+    def count(text):
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    count.__name__ = f"integer >= {low}"
+    return count
+
+
 def build_parser(chosen=None):
     """The parser with every subcommand listed; only `chosen` gets its options (and its import)."""
     from . import __version__

@@ -36,7 +36,7 @@ def cifar_block_count(depth, bottleneck=False):
     """n blocks per stage: depth = 6n + 2 (basic) or 9n + 2 (bottleneck)."""
     per_block = 9 if bottleneck else 6
     if depth < per_block + 2 or (depth - 2) % per_block:
-        family = "9n+2 (e.g. 164)" if bottleneck else "6n+2 (20, 32, 44, 56, 110, 1202)"
+        family = "9n+2 (e.g. 164)" if bottleneck else "6n+2 (8, 14, 20, 32, 44, 56, 110, 1202, ...)"
         raise ValueError(f"cifar_resnet: depth {depth} is not of the form {family}")
     return (depth - 2) // per_block
 

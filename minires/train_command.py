@@ -17,6 +17,7 @@ import contextlib
 from pathlib import Path
 
 from . import backend, manual_seed
+from .cli import count_at_least
 from .checkpoint import CheckpointError, load_checkpoint, read_int
 from .data import DataLoader, load_cifar10, synthetic_cifar
 from .models import get_model
@@ -32,10 +33,10 @@ def add_arguments(parser):
                              "synthetic stand-in (default: cifar10)")
     parser.add_argument("--data-root", help="folder holding CIFAR-10 (default: $MINIRES_DATA "
                                             "or ~/.cache/minires)")
-    parser.add_argument("--epochs", type=_count(0), default=164,
+    parser.add_argument("--epochs", type=count_at_least(0), default=164,
                         help="epochs; the lr drops 10x at 50%% and 75%% of them (default: 164, "
                              "about the paper's 64k iterations)")
-    parser.add_argument("--batch-size", type=_count(1), default=128)
+    parser.add_argument("--batch-size", type=count_at_least(1), default=128)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--weight-decay", type=float, default=1e-4)
@@ -55,15 +56,15 @@ def add_arguments(parser):
     parser.add_argument("--seed", type=int, default=0,
                         help="seeds the initialisation, shuffle, augmentation and synthetic data "
                              "(default: 0)")
-    parser.add_argument("--steps-per-epoch", type=_count(1),
+    parser.add_argument("--steps-per-epoch", type=count_at_least(1),
                         help="train on at most K batches per epoch (quick runs)")
-    parser.add_argument("--n-train", type=_count(1),
+    parser.add_argument("--n-train", type=count_at_least(1),
                         help="training images (synthetic default: 5000; cifar10: the first N, "
                              "default all)")
-    parser.add_argument("--n-test", type=_count(1),
+    parser.add_argument("--n-test", type=count_at_least(1),
                         help="test images (synthetic default: 1000; cifar10: the first N, "
                              "default all)")
-    parser.add_argument("--checkpoint-every", type=_count(1), default=1,
+    parser.add_argument("--checkpoint-every", type=count_at_least(1), default=1,
                         help="epochs between checkpoints (default: 1)")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="train on through NaN/Inf instead of stopping, and write and load "
@@ -161,14 +162,3 @@ def _anomaly_mode(on):
         return contextlib.nullcontext()
     from . import detect_anomaly
     return detect_anomaly()
-
-
-def _count(low):
-    """An argparse type: an integer >= low (argparse prints the error and the usage)."""
-    def count(text):
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    count.__name__ = f"integer >= {low}"
-    return count

@@ -113,3 +113,26 @@ def test_the_figure_title_fits_with_one_setting(tmp_path, monkeypatch):
     fig.canvas.draw()
     title = fig._suptitle.get_window_extent()
     assert 0 <= title.x0 and title.x1 <= fig.bbox.width
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--depths", "20", "7"], "minires gradients: cifar_resnet: depth 7 is not of the form 6n+2"),
+    (["--depths", "8", "--device", "cuda"], "minires gradients: device 'cuda' needs"),
+])
+def test_a_bad_depth_or_device_is_one_line_before_any_work(tmp_path, without_cuda, arguments,
+                                                           message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["gradients", *arguments, "--out", str(out)])
+    assert str(stop.value).startswith(message)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
+    (["--bn", "--no-bn"], "argument --no-bn: not allowed with argument --bn"),
+])
+def test_bad_options_are_refused_by_the_parser(capsys, arguments, message):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["gradients", "--depths", "8", *arguments])
+    assert stop.value.code == 2 and message in capsys.readouterr().err

@@ -15,18 +15,21 @@ import os
 
 from tqdm import tqdm
 
+from ..cli import count_at_least
+
 SETTINGS = {True: ("bn", "with BN, He init"), False: ("no_bn", "without BN, PyTorch default init")}
 
 
 def add_arguments(parser):
     parser.add_argument("--depths", type=int, nargs="+", default=[20, 56, 110],
                         help="CIFAR depths, 6n+2 (default: 20 56 110)")
-    parser.add_argument("--bn", dest="batch_norm", action="store_const", const=True,
-                        help="only with batch norm, He init (default: both settings)")
-    parser.add_argument("--no-bn", dest="batch_norm", action="store_const", const=False,
-                        help="only without batch norm, PyTorch's default conv init "
-                             "(default: both settings)")
-    parser.add_argument("--batch-size", type=int, default=32)
+    setting = parser.add_mutually_exclusive_group()
+    setting.add_argument("--bn", dest="batch_norm", action="store_const", const=True,
+                         help="only with batch norm, He init (default: both settings)")
+    setting.add_argument("--no-bn", dest="batch_norm", action="store_const", const=False,
+                         help="only without batch norm, PyTorch's default conv init "
+                              "(default: both settings)")
+    parser.add_argument("--batch-size", type=count_at_least(1), default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", choices=("synthetic", "cifar10", "auto"), default="auto",
                         help="auto: CIFAR-10 if already on disk, else synthetic (default)")
@@ -38,12 +41,23 @@ def add_arguments(parser):
 
 
 def run(args):
-    from . import compare, plot_residual_split, summary_lines, write_csv
+    from .. import backend
     from ..models import cifar_block_count
+
+    try:  # a depth outside 6n+2, or no GPU: one line, before any work
+        for depth in args.depths:
+            cifar_block_count(depth)
+        if args.device is not None:
+            backend.check_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(f"minires gradients: {err}") from None
+    return _compare_plot_and_write(args)
+
+
+def _compare_plot_and_write(args):
+    from . import compare, plot_residual_split, summary_lines, write_csv
     from .plots import plot_gradients_bn_vs_no_bn
 
-    for depth in args.depths:
-        cifar_block_count(depth)  # a clear error for a depth outside 6n+2, before any work
     os.makedirs(args.out, exist_ok=True)
     settings = [False, True] if args.batch_norm is None else [args.batch_norm]
     runs = {}
