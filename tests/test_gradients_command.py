@@ -22,7 +22,8 @@ def test_default_runs_both_settings_and_writes_the_batch_norm_column(tmp_path, c
     assert "without BN, PyTorch default init" in printed and "with BN, He init" in printed
     layers, blocks = _rows(tmp_path / "layers.csv"), _rows(tmp_path / "blocks.csv")
     for rows, per_net in ((layers, 8), (blocks, 3)):  # depth 8: 7 convs + fc; 3 blocks
-        assert rows[0].keys() >= {"net", "depth", "batch_norm"}
+        assert rows[0].keys() >= {"net", "depth", "batch_norm", "dtype"}
+        assert {r["dtype"] for r in rows} == {"float32"}
         counts = {}
         for r in rows:
             key = (r["net"], r["batch_norm"])
@@ -63,6 +64,8 @@ def test_the_figure_labels_stages_fc_and_zigzag(tmp_path, monkeypatch):
         depth = ax.get_title().split(",")[0].split()[1]
         assert [t.split(":")[0] for t in legend] == [f"plain-{depth}", f"residual-{depth}"]
         assert all("first/last block" in t for t in legend)
+    assert fig._suptitle.get_text().startswith(
+        "||dL/d(layer input)|| at initialisation, one synthetic batch, float32\n")
     note = " ".join(t.get_text() for t in fig.texts)
     assert "zigzag" in note and "Filled dots: the input of each block" in note
 

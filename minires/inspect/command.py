@@ -69,7 +69,8 @@ def _compare_plot_and_write(args):
                                                dtype=args.dtype)
     path = lambda name: os.path.join(args.out, name)  # noqa: E731
     files = [plot_gradients_bn_vs_no_bn(runs, path("layer_gradients.png"), source)]
-    files += [plot_residual_split(runs[bn], path(f"residual_split_{SETTINGS[bn][0]}.png"))
+    files += [plot_residual_split(runs[bn], path(f"residual_split_{SETTINGS[bn][0]}.png"),
+                                  f"{SETTINGS[bn][1].capitalize()}, {args.dtype}")
               for bn in settings]
     write_csv(runs, path("layers.csv"), path("blocks.csv"))
     for batch_norm in settings:

@@ -104,9 +104,9 @@ def summary_lines(results):
     return lines
 
 
-LAYER_COLUMNS = ("net", "depth", "batch_norm", "index", "layer", "type", "input_grad_norm",
+LAYER_COLUMNS = ("net", "depth", "batch_norm", "dtype", "index", "layer", "type", "input_grad_norm",
                  "weight_grad_norm", "output_mean", "output_std", "bn_output_mean", "bn_output_std")
-BLOCK_COLUMNS = ("net", "depth", "batch_norm", "block", "kind", "shortcut", "input_grad_norm",
+BLOCK_COLUMNS = ("net", "depth", "batch_norm", "dtype", "block", "kind", "shortcut", "input_grad_norm",
                  "output_grad_norm", "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm",
                  "total_grad_norm", "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
 
@@ -114,7 +114,7 @@ BLOCK_COLUMNS = ("net", "depth", "batch_norm", "block", "kind", "shortcut", "inp
 def write_csv(runs, layers_path, blocks_path):
     """Every recorded number: one row per layer, and one row per block, of every net in `runs`
     ({batch_norm: compare()'s results}, or one results dict); the batch_norm column says which
-    setting a row belongs to (1 with BN, 0 without)."""
+    setting a row belongs to (1 with BN, 0 without), the dtype column what it was computed in."""
     runs = _as_runs(runs)
     for path, columns, rows_of in ((layers_path, LAYER_COLUMNS, lambda r: r.layers),
                                    (blocks_path, BLOCK_COLUMNS, lambda r: r.block_stats)):
@@ -124,7 +124,7 @@ def write_csv(runs, layers_path, blocks_path):
             for batch_norm, results in runs.items():
                 for (net, depth), rec in results.items():
                     for row in rows_of(rec):
-                        writer.writerow({"net": net, "depth": depth,
+                        writer.writerow({"net": net, "depth": depth, "dtype": rec.dtype,
                                          "batch_norm": int(batch_norm), **row})
 
 

@@ -68,10 +68,13 @@ def _draw_layer_gradients(ax, results, depth):
                             bbox=dict(boxstyle="round", fc="white", ec="none", alpha=0.85),
                             arrowprops=dict(arrowstyle="->", lw=0.6))
                 break
+    from matplotlib.ticker import MaxNLocator
+
     ax.set_xlabel("layer: input side → output side (conv1 = image input, last = fc)")
     ax.set_ylabel("||dL/d(layer input)||")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best")  # where it hides the fewest points
 
 
 def _legend_label(net, depth, rec):
@@ -124,16 +127,23 @@ def plot_gradients_bn_vs_no_bn(runs, path, source="synthetic"):
             _draw_layer_gradients(ax, runs[batch_norm], depth)
             setting = "with BN, He init" if batch_norm else "without BN, PyTorch default init"
             ax.set_title(f"depth {depth}, {setting}", fontsize=10)
-    fig.suptitle(f"||dL/d(layer input)|| at initialisation, one {source} batch\n"
+    fig.suptitle(f"||dL/d(layer input)|| at initialisation, one {source} batch, "
+                 f"{_dtypes(runs.values())}\n"
                  "a first/last ratio below 1 vanishes toward the input, above 1 grows")
     fig.text(0.5, 0.005, ZIGZAG_NOTE, ha="center", va="bottom", fontsize=8, wrap=True)
     fig.tight_layout(rect=(0, 0.45 / (3.6 * len(depths) + 0.8), 1, 1))
     return save_figure(fig, path)
 
 
-def plot_residual_split(results, path):
+def _dtypes(results_dicts):
+    """'float32' (or 'float32 and float64'): the dtypes the recorders in the dicts ran in."""
+    return " and ".join(sorted({rec.dtype for results in results_dicts
+                                for rec in results.values()} - {None}))
+
+
+def plot_residual_split(results, path, title=None):
     """The "+1" per block: norms of the shortcut part, the branch part and their sum at each block's
-    input (top), and the shortcut's share of the total (bottom)."""
+    input (top), and the shortcut's share of the total (bottom); `title` above them all."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -156,6 +166,8 @@ def plot_residual_split(results, path):
         for ax in (top, bottom):
             ax.grid(True, which="both", alpha=0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
 
