@@ -33,6 +33,7 @@ process (every library in it allocates that way then), so minires never does it 
 """
 import collections
 import ctypes
+import mmap
 import os
 import sys
 import threading
@@ -81,6 +82,15 @@ class _Loan:
         _cache.give_back(self.block)
 
 
+def _mapped_block(size):
+    """`size` bytes of new pages from the kernel (an anonymous mmap), as a uint8 array. The mapping
+    lives exactly as long as the array, so a block the cache lets go of is back with the system at
+    once. From malloc, many were not: glibc serves blocks under its mmap threshold (which grows to
+    32 MiB) from a heap it shrinks only at its top (after a ResNet-56 step, empty_cache() let go
+    of 256 MiB of blocks and the process shrank by 139 MiB; with mapped blocks, by 258 MiB)."""
+    return np.frombuffer(mmap.mmap(-1, size), dtype=np.uint8)
+
+
 class _Cache:
     """Idle blocks, oldest given back first, and the bytes lent out now and at most."""
 
@@ -103,7 +113,7 @@ class _Cache:
                 self.made_bytes += size
             self.lent_bytes += size
             self.peak_lent_bytes = max(self.peak_lent_bytes, self.lent_bytes)
-        return np.empty(size, dtype=np.uint8) if block is None else block
+        return _mapped_block(size) if block is None else block
 
     def give_back(self, block):
         """`block` is idle again. The oldest idle blocks go back to the system while more than
