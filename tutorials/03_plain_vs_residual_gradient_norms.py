@@ -87,8 +87,10 @@ print("saved", path)
 # The printed ratios of the plain nets are tiny, and shrink further with every extra block: each
 # plain layer multiplies the gradient by a factor below 1, and these factors compound exactly as in
 # the scalar chain. The first layers of a deep plain net receive practically no gradient. If a
-# ratio prints as 0, the gradient fell below the smallest float32 number and was rounded to
-# exactly zero (its curve then leaves the bottom of the log-scale plot).
+# ratio prints as 0 (plain-110 here), the gradient fell below the smallest normal float32 number,
+# 1.2e-38, and was rounded to zero or near it: the summary then says "underflowed float32" and
+# names the layers, and their curve leaves the bottom of the log-scale plot. float64 reaches down
+# to 2.2e-308, so the same net recorded with `dtype="float64"` has a ratio to compare.
 #
 # The size of the factor can be estimated. PyTorch's default weights are uniform on
 # $\pm 1/\sqrt{\text{fan}}$, with variance $1/(3\,\text{fan})$, so a convolution scales the
@@ -99,14 +101,17 @@ print("saved", path)
 # the two stride-2 layers.)
 
 # %%
+x, y, _ = inspect.one_batch(BATCH, "synthetic", SEED)
 for depth in DEPTHS:
-    convs = 2 * (len(no_bn[("plain", depth)].block_stats) - 1)
+    rec = no_bn[("plain", depth)]
+    convs = 2 * (len(rec.block_stats) - 1)
     estimate = (1 / np.sqrt(6)) ** convs
-    measured = no_bn[("plain", depth)].summary()
+    if rec.out_of_range_layers()["underflowed"]:  # float32 ran out: record it again in float64
+        rec = inspect.record_gradients(depth, False, x, y, batch_norm=False, seed=SEED,
+                                       dtype="float64")
     print(f"plain-{depth:<4} {convs:3d} convs: estimate (1/sqrt 6)^{convs} = {estimate:.2e}, "
-          f"measured ratio {measured:.2e}")
-    if measured > 0:  # 0 means float32 underflow: nothing left to compare
-        assert 0.01 < measured / estimate < 100
+          f"measured ratio {rec.summary():.2e} ({rec.dtype})")
+    assert 0.01 < rec.summary() / estimate < 100
 
 # %% [markdown]
 # The estimate and the measurement printed above agree to within a small factor, over many orders
