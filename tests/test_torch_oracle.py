@@ -217,3 +217,23 @@ def test_relu_of_infinities_and_nan_matches_torch(device, size):
     is_nan = np.isnan(values)
     np.testing.assert_array_equal(x.grad.numpy()[~is_nan], theirs.grad.numpy()[~is_nan])
     assert (x.grad.numpy()[is_nan] == 0).all()
+
+
+@pytest.mark.parametrize("ours, theirs", [
+    pytest.param(lambda x: F.max_pool2d(x, 2), lambda x: TF.max_pool2d(x, 2), id="max_pool2d"),
+    pytest.param(lambda x: F.max(x, axis=(2, 3)), lambda x: torch.amax(x, dim=(2, 3)), id="max"),
+])
+@pytest.mark.filterwarnings("ignore:invalid value encountered in multiply:RuntimeWarning")
+def test_an_infinite_gradient_through_a_max_is_torchs(device, ours, theirs):
+    """max_pool2d routes gy to each window's argmax and 0 elsewhere, as torch does (not
+    mask * gy, which is inf * 0 = NaN at the window's other inputs). torch.amax shares gy among
+    ties as mask * gy / count, so NaN there is torch's too; minires.max computes it the same way."""
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x, x_torch = make(values, device, requires_grad=True), torch.tensor(values, requires_grad=True)
+    y, y_torch = ours(x), theirs(x_torch)
+    upstream = np.full(tuple(y_torch.shape), np.inf, np.float32)
+    upstream.flat[::2] = -np.inf
+    y.backward(make(upstream, device))
+    y_torch.backward(torch.tensor(upstream))
+    np.testing.assert_array_equal(x.grad.numpy(), x_torch.grad.numpy())

@@ -168,7 +168,8 @@ class MaxPool2d(_Pool):
         xp = backend.xp(gy)
         kh, kw = self.kernel
         offsets = xp.arange(kh * kw).reshape(1, 1, -1, 1, 1)
-        gcols = (offsets == self.argmax[:, :, None]) * gy[:, :, None]  # (N, C, kh*kw, OH, OW)
+        at_argmax = offsets == self.argmax[:, :, None]                  # (N, C, kh*kw, OH, OW)
+        gcols = xp.where(at_argmax, gy[:, :, None], 0)  # not mask * gy: inf * 0 is NaN
         gcols = gcols.reshape(gy.shape[0], gy.shape[1], kh, kw, *gy.shape[2:])
         return col2im(gcols, self.x_shape, self.stride, self.padding)
 
