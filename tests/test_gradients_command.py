@@ -131,6 +131,15 @@ def test_a_bad_depth_or_device_is_one_line_before_any_work(tmp_path, without_cud
     assert not out.exists()
 
 
+def test_missing_cifar10_is_one_line_and_no_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIRES_DATA", str(tmp_path / "no-data-here"))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["gradients", "--depths", "8", "--data", "cifar10", "--out", str(out)])
+    assert str(stop.value).startswith("minires gradients: CIFAR-10 not found")
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("arguments, message", [
     (["--batch-size", "0"], "argument --batch-size: must be an integer >= 1, got 0"),
     (["--bn", "--no-bn"], "argument --no-bn: not allowed with argument --bn"),

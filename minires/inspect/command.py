@@ -42,6 +42,7 @@ def add_arguments(parser):
 
 def run(args):
     from .. import backend
+    from ..data import DatasetNotFound
     from ..models import cifar_block_count
 
     try:  # a depth outside 6n+2, or no GPU: one line, before any work
@@ -51,14 +52,17 @@ def run(args):
             backend.check_device(args.device)
     except (ValueError, RuntimeError) as err:
         raise SystemExit(f"minires gradients: {err}") from None
-    return _compare_plot_and_write(args)
+    try:
+        runs, source = _compare_both_settings(args)
+    except DatasetNotFound as err:  # --data cifar10 without it: one line, and no output folder
+        raise SystemExit(f"minires gradients: {err}") from None
+    return _plot_and_write(args, runs, source)
 
 
-def _compare_plot_and_write(args):
-    from . import compare, plot_residual_split, summary_lines, write_csv
-    from .plots import plot_gradients_bn_vs_no_bn
+def _compare_both_settings(args):
+    """({batch_norm: compare()'s results} for the settings asked for, the data's name)."""
+    from . import compare
 
-    os.makedirs(args.out, exist_ok=True)
     settings = [False, True] if args.batch_norm is None else [args.batch_norm]
     runs = {}
     with tqdm(total=2 * len(args.depths) * len(settings), desc="plain and residual nets",
@@ -67,6 +71,15 @@ def _compare_plot_and_write(args):
             runs[batch_norm], source = compare(args.depths, batch_norm, args.batch_size,
                                                args.seed, args.device, args.data, progress=bar,
                                                dtype=args.dtype)
+    return runs, source
+
+
+def _plot_and_write(args, runs, source):
+    from . import plot_residual_split, summary_lines, write_csv
+    from .plots import plot_gradients_bn_vs_no_bn
+
+    os.makedirs(args.out, exist_ok=True)
+    settings = list(runs)
     path = lambda name: os.path.join(args.out, name)  # noqa: E731
     files = [plot_gradients_bn_vs_no_bn(runs, path("layer_gradients.png"), source)]
     files += [plot_residual_split(runs[bn], path(f"residual_split_{SETTINGS[bn][0]}.png"),
