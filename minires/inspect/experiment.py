@@ -52,9 +52,10 @@ def record_gradients(depth, residual, x, y, batch_norm=True, seed=0, device=None
     model = cifar_resnet(depth, residual=residual, batch_norm=batch_norm,
                          init="he" if batch_norm else "torch")
     model.to(device).train()
-    x_data = x.data if dtype is None else x.data.astype(dtype)
+    x_data = x.data
     if dtype is not None:
         model.astype(dtype)
+        x_data = x_data.astype(dtype)
     x = tensor(x_data, requires_grad=True, device=device)  # a leaf: the first input gradient too
     y = tensor(y.data, device=device)
     with record(model) as rec, np.errstate(over="ignore", invalid="ignore"):  # range_notes says
@@ -84,13 +85,12 @@ def range_notes(rec):
     """A line for each way the recorded gradient left its dtype's range (Recorder.
     out_of_range_layers), naming where; empty when it stayed inside."""
     notes = []
-    for kind, layers in rec.out_of_range_layers().items():
-        if layers:
-            count = f"{len(layers)} layer input" + ("s" if len(layers) > 1 else "")
-            where = layers[0] if len(layers) == 1 else f"from {layers[0]} to {layers[-1]}"
-            hint = "" if rec.dtype == "float64" else " (float64 has a wider range: " \
-                                                     "dtype='float64', or --dtype float64)"
-            notes.append(f"the gradient {kind} {rec.dtype} at {count}, {where}{hint}")
+    for kind, layers in rec.range_exits():
+        count = f"{len(layers)} layer input" + ("s" if len(layers) > 1 else "")
+        where = layers[0] if len(layers) == 1 else f"from {layers[0]} to {layers[-1]}"
+        hint = "" if rec.dtype == "float64" else " (float64 has a wider range: " \
+                                                 "dtype='float64', or --dtype float64)"
+        notes.append(f"the gradient {kind} {rec.dtype} at {count}, {where}{hint}")
     return notes
 
 
@@ -104,10 +104,10 @@ def summary_lines(results):
     return lines
 
 
-LAYER_COLUMNS = ("net", "depth", "batch_norm", "dtype", "index", "layer", "type", "input_grad_norm",
-                 "weight_grad_norm", "output_mean", "output_std", "bn_output_mean", "bn_output_std")
-BLOCK_COLUMNS = ("net", "depth", "batch_norm", "dtype", "block", "kind", "shortcut", "input_grad_norm",
-                 "output_grad_norm", "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm",
+LAYER_COLUMNS = ("net", "depth", "batch_norm", "dtype", "index", "layer", "type",
+                 "input_grad_norm", "weight_grad_norm", "output_mean", "output_std", "bn_output_mean", "bn_output_std")
+BLOCK_COLUMNS = ("net", "depth", "batch_norm", "dtype", "block", "kind", "shortcut",
+                 "input_grad_norm", "output_grad_norm", "add_grad_norm", "shortcut_grad_norm", "branch_grad_norm",
                  "total_grad_norm", "shortcut_ratio", "cosine", "shortcut_is_g", "split_at")
 
 

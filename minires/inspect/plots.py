@@ -81,9 +81,10 @@ def _legend_label(net, depth, rec):
     """'plain-56: first/last block 3715x'; where the gradient left the dtype's range (its curve
     then stops short of the input), that instead: 'plain-1202: overflowed float32 from conv1 to
     layer2.75.conv1'."""
-    for kind, layers in rec.out_of_range_layers().items():
-        if layers:
-            return f"{net}-{depth}: {kind} {rec.dtype} from {layers[0]} to {layers[-1]}"
+    exits = rec.range_exits()
+    if exits:
+        kind, layers = exits[0]
+        return f"{net}-{depth}: {kind} {rec.dtype} from {layers[0]} to {layers[-1]}"
     return f"{net}-{depth}: first/last block {rec.summary():.4g}x"
 
 

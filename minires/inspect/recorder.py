@@ -127,7 +127,8 @@ class Recorder:
             row["output_std"] = float(output.data.std(dtype="float64"))
             self._last_conv = (output, row)
             if x.requires_grad:
-                self._hook_gradient(x, lambda g: row.__setitem__("input_grad_norm", _norm(g.data)))
+                self._hook_gradient(
+                    x, lambda g: row.__setitem__("input_grad_norm", _norm(g.data)))
         self._handles.append(module.register_forward_hook(on_forward))
 
     def _on_batch_norm(self, _module, inputs, output):
@@ -266,6 +267,11 @@ class Recorder:
         tiny = float(np.finfo(self.dtype).tiny) if self.dtype else 0.0
         return {"overflowed": [layer for layer, norm in norms if not math.isfinite(norm)],
                 "underflowed": [layer for layer, norm in norms if norm < tiny]}
+
+    def range_exits(self):
+        """[(kind, layers)] for each way ("overflowed", "underflowed") the gradient left the
+        dtype's range somewhere: out_of_range_layers() without the empty kinds."""
+        return [(kind, layers) for kind, layers in self.out_of_range_layers().items() if layers]
 
     def summary(self):
         """Ratio of dL/dx norms at the first block's input and the last block's input."""
