@@ -14,7 +14,7 @@ import minires
 from minires import cli, nn
 from minires import manual_seed
 from minires.data import DataLoader, load_cifar10
-from minires.degradation import (CURVE_COLUMNS, final_errors, load_run_data,
+from minires.degradation import (CURVE_COLUMNS, final_errors, is_finished, load_run_data,
                                  load_trained, read_curves, run_degradation, verdicts)
 from minires.inspect import record
 from minires.models import cifar_resnet
@@ -136,6 +136,38 @@ def test_each_trained_net_gives_its_own_last_test_error(learned):
             logits = load_trained(out, residual, depth)(minires.tensor(images)).numpy()
         measured[(residual, depth)] = 100.0 * np.mean(logits.argmax(axis=1) != labels)
     assert measured == pytest.approx({key: test for key, (_, test) in finals.items()}), measured
+
+
+def test_is_finished_only_for_a_whole_run(finished, tmp_path):
+    assert is_finished(finished[0])
+    assert not is_finished(tmp_path)  # empty
+    for name in ("config.json", "curves.csv"):
+        (tmp_path / name).write_bytes((finished[0] / name).read_bytes())
+    lines = (tmp_path / "curves.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "curves.csv").write_text("".join(lines[:-1]))  # ResNet-14's last epoch missing
+    assert not is_finished(tmp_path)
+
+
+def test_ship_run_keeps_what_the_tutorials_read(finished, tmp_path, monkeypatch):
+    """tutorials/data/ship_run.py (how the shipped laptop run was made) copies the curves, keeps
+    every net to float16 precision where load_trained finds it, and the run's first images."""
+    spec = importlib.util.spec_from_file_location(
+        "ship_run", ROOT / "tutorials" / "data" / "ship_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run, dest = finished[0], tmp_path / "shipped"
+    monkeypatch.setattr("sys.argv", ["ship_run.py", str(run), str(dest)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        tool.main()
+    assert is_finished(dest) and read_curves(dest) == read_curves(run)
+    for residual in (False, True):
+        for depth in (8, 14):
+            shipped = load_trained(dest, residual, depth).state_dict()
+            for key, value in load_trained(run, residual, depth).state_dict().items():
+                np.testing.assert_allclose(shipped[key], value, rtol=1e-3, atol=1e-6, err_msg=key)
+    with np.load(dest / "images.npz", allow_pickle=False) as images:
+        for key, full in zip(("x_train", "y_train", "x_test", "y_test"), load_run_data(run)):
+            np.testing.assert_array_equal(images[key], full[:tool.IMAGES])
 
 
 # Figure 7 (tutorial 07) measures this experiment's nets with inspect.record: the std of the batch
