@@ -93,6 +93,8 @@ def run_to_read():
     """The trained run, the user's own finished run, or else the shipped `laptop` one."""
     if TRAIN or (not QUICK and is_finished(RUN)):
         return RUN
+    if not QUICK and (RUN / "config.json").is_file():
+        print(f"{RUN} holds an unfinished run: TRAIN = True (or MINIRES_TRAIN=1) resumes it")
     if PRESET == "laptop":
         return shipped_run()
     raise SystemExit(f"no finished {PRESET} run in {RUN}: set TRAIN = True (or MINIRES_TRAIN=1), "
