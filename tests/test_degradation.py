@@ -10,10 +10,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from minires import cli
+import minires
+from minires import cli, nn
 from minires import manual_seed
-from minires.data import load_cifar10
-from minires.degradation import CURVE_COLUMNS, load_trained, read_curves, run_degradation, verdicts
+from minires.data import DataLoader, load_cifar10
+from minires.degradation import (CURVE_COLUMNS, final_errors, is_finished, load_run_data,
+                                 load_trained, read_curves, run_degradation, verdicts)
+from minires.inspect import record
 from minires.models import cifar_resnet
 from minires.train import Trainer
 
@@ -102,6 +105,120 @@ def test_load_trained_returns_the_checkpointed_weights(finished):
     fresh = cifar_resnet(14, width=4)  # same seed as the run's nets: only training moved them
     assert not np.array_equal(fresh.state_dict()["fc.weight"], trained[name])
     assert not model.training
+
+
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A run whose nets have learned something (73 to 90% test error, chance 90%) on 128 test
+    images, so that different nets give different errors; TINY's stay near chance."""
+    out = tmp_path_factory.mktemp("degradation") / "learned"
+    args = [*TINY_ARGS, "--data", "synthetic", "--device", "cpu", "--out", str(out)]
+    for option, value in (("--n-train", "128"), ("--n-test", "128")):
+        args[args.index(option) + 1] = value
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["degradation", *args]) == 0
+    return out
+
+
+@pytest.mark.slow
+def test_each_trained_net_gives_its_own_last_test_error(learned):
+    """Every net read back with load_trained, run on the run's test images, has the error that its
+    own row of curves.csv ends with. A net stored under another's name (plain and residual swapped
+    in the trainer, say) or a loader that builds the wrong architecture gives other errors."""
+    out = learned
+    _, _, x_test, y_test = load_run_data(out)
+    images, labels = next(iter(DataLoader(x_test, y_test, len(y_test), shuffle=False)))
+    finals = final_errors(read_curves(out))
+    assert len(finals) == 4
+    measured = {}
+    for residual, depth in finals:
+        with minires.no_grad():
+            logits = load_trained(out, residual, depth)(minires.tensor(images)).numpy()
+        measured[(residual, depth)] = 100.0 * np.mean(logits.argmax(axis=1) != labels)
+    assert measured == pytest.approx({key: test for key, (_, test) in finals.items()}), measured
+
+
+def test_is_finished_only_for_a_whole_run(finished, tmp_path):
+    assert is_finished(finished[0])
+    assert not is_finished(tmp_path)  # empty
+    for name in ("config.json", "curves.csv"):
+        (tmp_path / name).write_bytes((finished[0] / name).read_bytes())
+    lines = (tmp_path / "curves.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "curves.csv").write_text("".join(lines[:-1]))  # ResNet-14's last epoch missing
+    assert not is_finished(tmp_path)
+
+
+def test_ship_run_keeps_what_the_tutorials_read(finished, tmp_path, monkeypatch):
+    """tutorials/data/ship_run.py (how the shipped laptop run was made) copies the curves, keeps
+    every net to float16 precision where load_trained finds it, and the run's first images."""
+    spec = importlib.util.spec_from_file_location(
+        "ship_run", ROOT / "tutorials" / "data" / "ship_run.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    run, dest = finished[0], tmp_path / "shipped"
+    monkeypatch.setattr("sys.argv", ["ship_run.py", str(run), str(dest)])
+    with contextlib.redirect_stdout(io.StringIO()):
+        tool.main()
+    assert is_finished(dest) and read_curves(dest) == read_curves(run)
+    for residual in (False, True):
+        for depth in (8, 14):
+            shipped = load_trained(dest, residual, depth).state_dict()
+            for key, value in load_trained(run, residual, depth).state_dict().items():
+                np.testing.assert_allclose(shipped[key], value, rtol=1e-3, atol=1e-6, err_msg=key)
+    with np.load(dest / "images.npz", allow_pickle=False) as images:
+        for key, full in zip(("x_train", "y_train", "x_test", "y_test"), load_run_data(run)):
+            np.testing.assert_array_equal(images[key], full[:tool.IMAGES])
+
+
+# Figure 7 (tutorial 07) measures this experiment's nets with inspect.record: the std of the batch
+# norm's output after each conv, over the batch, the channels and the pixels together.
+
+def _figure7_model(rng):
+    """A ResNet-8 whose batch norms have distinct per-channel scales, shifts and running statistics
+    (at initialisation they are all alike, and many wrong stds read about 1)."""
+    manual_seed(0)
+    model = cifar_resnet(8, width=4)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.weight.data = rng.uniform(0.1, 3.0, c).astype(np.float32)
+            module.bias.data = rng.normal(0.0, 2.0, c).astype(np.float32)
+            module._buffers["running_mean"] = rng.normal(0.0, 0.5, c).astype(np.float32)
+            module._buffers["running_var"] = rng.uniform(0.2, 3.0, c).astype(np.float32)
+    return model
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval", "train"])
+def test_figure7_std_is_that_of_the_batch_norm_output_computed_directly(train_mode, rng):
+    """Each conv's bn_output_std equals the std of gamma * (x - mean) / sqrt(var + eps) + beta,
+    computed here from the conv's output x, with the batch's statistics (train mode) or the
+    running ones (eval mode), as the tutorial measures."""
+    model = _figure7_model(rng).train(train_mode)
+    modules = dict(model.named_modules())
+    conv_outputs = {}
+    for name, module in modules.items():
+        if isinstance(module, nn.Conv2d):
+            module.register_forward_hook(
+                lambda m, inputs, output, name=name: conv_outputs.__setitem__(name, output.numpy()))
+    x = minires.tensor(rng.normal(size=(16, 3, 32, 32)).astype(np.float32))
+    with minires.no_grad(), record(model) as rec:
+        model(x)
+    rows = {row["layer"]: row for row in rec.layers if "bn_output_std" in row}
+    assert len(rows) == 7  # the stem and two convs in each of the three blocks
+    for layer, row in rows.items():
+        bn = modules[layer.replace("conv", "bn")]
+        y = conv_outputs[layer].astype(np.float64)
+        if train_mode:
+            mean, var = y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3))
+        else:
+            mean, var = bn._buffers["running_mean"], bn._buffers["running_var"]
+        gamma, beta = (np.asarray(p.data, dtype=np.float64).reshape(1, -1, 1, 1)
+                       for p in (bn.weight, bn.bias))
+        out = gamma * (y - mean.reshape(1, -1, 1, 1)) / np.sqrt(var.reshape(1, -1, 1, 1)
+                                                                + bn.eps) + beta
+        assert row["bn_output_std"] == pytest.approx(out.std(), rel=1e-4), layer
+        per_channel = out.std(axis=(0, 2, 3)).mean()  # a plausible wrong reading of "the std"
+        assert abs(out.std() - per_channel) > 0.05 * out.std(), "the test could not tell them apart"
 
 
 def _rows(errors):

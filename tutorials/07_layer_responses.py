@@ -27,15 +27,19 @@
 # Here we measure the same quantity with `minires.inspect.record`, which observes every conv and
 # the batch norm right after it through forward hooks, without changing a number.
 #
-# **Which nets.** Figure 7 is about *trained* nets, so this tutorial measures the nets that
-# tutorial 04 trained: it calls the same `run_degradation` with the same preset and output
-# folder, which reads finished nets back from their checkpoints (or trains them, if tutorial 04
-# has not run). With `MINIRES_PRESET=laptop` (the default) those are plain and residual nets of
-# depth 8 and 20 at half width, trained for 8 epochs on 5000 CIFAR-10 images; `laptop-56` has
-# depths 20 and 56, and `gpu` is the paper's full run. `MINIRES_QUICK=1` (the tests) trains the
-# `quick` preset's tiny nets on synthetic data (about 12 s of CPU time in all): a smoke test.
+# **Which nets.** Figure 7 is about *trained* nets, so this tutorial measures the nets of tutorial
+# 04's run, read from the same place: your own finished run in `runs/degradation-laptop` (the
+# README's `minires degradation --preset laptop --data cifar10 --out runs/degradation-laptop`) if
+# there is one, otherwise the run shipped with the tutorials in `tutorials/data/degradation-laptop/`
+# (plain and residual nets of depth 8 and 20 at half width, trained for 8 epochs on 5000 CIFAR-10
+# images, with the first 32 of that run's training and of its test images; its README says how
+# it was made). Set `TRAIN = True` below (or `MINIRES_TRAIN=1`) to train the nets here first, as
+# tutorial 04 does; `MINIRES_PRESET` picks the preset then (`laptop-56`: depths 20 and 56; `gpu`:
+# the paper's full run). `MINIRES_QUICK=1` (the tests) reads the shipped run; with `MINIRES_TRAIN=1`
+# too it trains the `quick` preset's tiny nets on synthetic data instead, a smoke test.
 
 # %%
+import json
 import os
 import pathlib
 import time
@@ -46,27 +50,64 @@ import numpy as np
 import minires
 from minires import backend, nn
 from minires.data import DataLoader
-from minires.degradation import PRESETS, load_run_data, load_trained, run_degradation
+from minires.degradation import PRESETS, is_finished, load_run_data, load_trained, run_degradation
 from minires.inspect import record, save_figure
 from minires.models import cifar_resnet
 
 QUICK = os.environ.get("MINIRES_QUICK") == "1"
+TRAIN = os.environ.get("MINIRES_TRAIN") == "1"  # or True here: train the nets in this tutorial
 FIGURES = pathlib.Path(os.environ.get("MINIRES_FIGURES", "figures"))
 FIGURES.mkdir(parents=True, exist_ok=True)
-PRESET = "quick" if QUICK else os.environ.get("MINIRES_PRESET", "laptop")
+PRESET = "laptop" if QUICK else os.environ.get("MINIRES_PRESET", "laptop")
 RUN = pathlib.Path(os.environ.get("MINIRES_RUNS", "runs")) / f"degradation-{PRESET}"  # as in 04
-if QUICK:
-    RUN = FIGURES / "07_run"
+if QUICK and TRAIN:  # the tests' smoke run of the training code
+    PRESET, RUN = "quick", FIGURES / "07_run"
 DEVICE = backend.default_device()
 SEED = 0
-DEPTHS = tuple(PRESETS[PRESET].depths)
-WIDTH = PRESETS[PRESET].width
-print(f"preset {PRESET}: {PRESETS[PRESET].about}; device {DEVICE}; nets from {RUN}")
+
+
+def shipped_run():
+    """tutorials/data/degradation-laptop, found beside this script, or from the working folder
+    (Jupyter runs a notebook in its own folder; a script may run from the repository root)."""
+    here = [pathlib.Path(__file__).resolve().parent] if "__file__" in globals() else []
+    for folder in here + [pathlib.Path.cwd(), pathlib.Path.cwd() / "tutorials"]:
+        if (folder / "data" / "degradation-laptop" / "curves.csv").is_file():
+            return folder / "data" / "degradation-laptop"
+    raise FileNotFoundError("tutorials/data/degradation-laptop is missing: run this tutorial "
+                            "from the repository or from tutorials/")
+
+
+def run_to_read():
+    """The trained run, the user's own finished run, or else the shipped `laptop` one."""
+    if TRAIN or (not QUICK and is_finished(RUN)):
+        return RUN
+    if not QUICK and (RUN / "config.json").is_file():
+        print(f"{RUN} holds an unfinished run: TRAIN = True (or MINIRES_TRAIN=1) resumes it")
+    if PRESET == "laptop":
+        return shipped_run()
+    raise SystemExit(f"no finished {PRESET} run in {RUN}: set TRAIN = True (or MINIRES_TRAIN=1), "
+                     f"or run `minires degradation --preset {PRESET} --out {RUN}`")
+
+
+def run_images(source):
+    """(x_train, y_train, x_test, y_test) of the run: the shipped subset, or the run's own data."""
+    if (source / "images.npz").is_file():
+        with np.load(source / "images.npz", allow_pickle=False) as images:
+            return tuple(images[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+    return load_run_data(source)
+
 
 start = time.perf_counter()
-run_degradation(RUN, preset=PRESET, device=DEVICE, progress=not QUICK)  # reads finished nets back
-x_train, y_train, x_test, y_test = load_run_data(RUN)
-print(f"nets ready in {time.perf_counter() - start:.1f} s")
+if TRAIN:
+    run_degradation(RUN, preset=PRESET, device=DEVICE, progress=not QUICK)
+    plt.close("all")  # its Figure 6 plot is tutorial 04's; none is shown here
+SOURCE = run_to_read()
+CONFIG = json.loads((SOURCE / "config.json").read_text())
+DEPTHS, WIDTH = tuple(CONFIG["depths"]), CONFIG["width"]
+x_train, y_train, x_test, y_test = run_images(SOURCE)
+print(f"preset {PRESET}: {PRESETS[PRESET].about}; device {DEVICE}")
+print(f"nets from {SOURCE}, {len(x_test)} test images; ready in "
+      f"{time.perf_counter() - start:.1f} s")
 
 # %% [markdown]
 # ## What `record` measures, and a control at initialisation
@@ -98,7 +139,7 @@ def net_name(residual, depth):
     return f"{'ResNet' if residual else 'plain'}-{depth}"
 
 
-probe = DataLoader(x_test, y_test, 256, shuffle=False, device=DEVICE)  # fast: the whole test set
+probe = DataLoader(x_test, y_test, 256, shuffle=False, device=DEVICE)  # the first 256 (or all 32)
 x_probe, _ = next(iter(probe))
 x_probe = minires.tensor(x_probe)
 
@@ -120,7 +161,7 @@ for residual in (False, True):
 # weights).
 
 # %%
-models = {(residual, depth): load_trained(RUN, residual, depth).to(DEVICE)
+models = {(residual, depth): load_trained(SOURCE, residual, depth).to(DEVICE)
           for depth in DEPTHS for residual in (False, True)}
 print("loaded", ", ".join(net_name(r, d) for r, d in models))
 
@@ -141,10 +182,10 @@ print("loaded", ", ".join(net_name(r, d) for r, d in models))
 # mostly measure that mismatch (compare the two columns printed below). The paper measured fully
 # trained nets, at the end of a schedule whose last learning rate is 100 times smaller and with
 # batches of 128, where the averages have settled. To get similar footing from a short run we
-# *refresh* the statistics: one forward pass over 512 training images in training mode, with
-# batch norm's momentum set to 1, so the running mean and variance become exactly those of the
-# final weights on that batch; no weight changes. We print the responses before and after, and
-# plot the refreshed ones.
+# *refresh* the statistics: one forward pass over 512 training images (the 32 shipped ones, when
+# reading the shipped run) in training mode, with batch norm's momentum set to 1, so the running
+# mean and variance become exactly those of the final weights on that batch; no weight changes.
+# We print the responses before and after, and plot the refreshed ones.
 
 # %%
 def refresh_batch_norm_statistics(model, images):
@@ -197,8 +238,8 @@ for ax in (top, bottom):
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
 fig.suptitle(f"Std of each 3x3 conv's BN output (before ReLU / add), eval mode, refreshed BN "
-             f"statistics\n{PRESET} preset's nets, test images"
-             f"{' (quick mode: briefly trained)' if QUICK else ''}")
+             f"statistics\n{PRESET} preset's nets, {len(x_probe)} test images"
+             f"{' (quick preset: briefly trained)' if PRESET == 'quick' else ''}")
 fig.tight_layout()
 path = FIGURES / "07_layer_responses.png"
 save_figure(fig, path)  # shown inline in a notebook, closed in a script
@@ -233,14 +274,15 @@ for shallow, deep in zip(DEPTHS, DEPTHS[1:]):
     a, b = measured[(True, shallow)].mean(), measured[(True, deep)].mean()
     print(f"ResNet-{deep} vs ResNet-{shallow}: mean response {b:.3f} vs {a:.3f}, "
           f"{'smaller' if b < a else 'NOT smaller'} for the deeper net")
-if QUICK:
-    print("\n(quick mode: a few dozen steps; weight decay and the learned batch-norm scales have "
-          "had little time to act, so read these as a smoke test, not as Figure 7)")
-if PRESET == "laptop":  # what the prose below quotes from the measured run
+if PRESET == "quick":
+    print("\n(the quick preset: a few dozen steps; weight decay and the learned batch-norm scales "
+          "have had little time to act, so read these as a smoke test, not as Figure 7)")
+if PRESET == "laptop":  # what the prose below quotes from the shipped run
     deep = DEPTHS[-1]
     ends = np.array([n.endswith(".conv2") for n in names[(True, deep)]])
     assert measured[(True, deep)].mean() < measured[(False, deep)].mean()
     assert measured[(True, deep)][ends].mean() < measured[(False, deep)][ends].mean() - 0.05
+    assert measured[(True, deep)].mean() < measured[(True, DEPTHS[0])].mean()  # deeper: smaller
 
 # %% [markdown]
 # How to read it. At initialisation every response was 1 (the control above); whatever differs
@@ -255,30 +297,41 @@ if PRESET == "laptop":  # what the prose below quotes from the measured run
 # *is* the signal path and has to keep it alive. That is the paper's reading: "residual
 # functions might be generally closer to zero than the non-residual functions".
 #
-# **Measured** on the `laptop` preset's nets (2026-12-01, seed 0; 320 steps on 5000 CIFAR-10
-# images, half width): at depth 20 the ResNet's responses are smaller than the plain net's in 74%
-# of the 3x3 layers (mean 0.961 against 1.003), and the difference sits where the paper's reading
-# puts it, at the end of each residual branch: the conv2 batch norms that produce $F(x)$ give
-# 0.906 in ResNet-20 against 0.999 in plain-20, and their learned scales $|\gamma|$ average 0.890
-# against 0.988. In the figure that is ResNet-20's zigzag: from the second block on, every
-# block-end layer dips to about 0.9 while the plain net stays near 1. Inside the branches (conv1)
-# the two are the same (1.004 and 1.001). The deeper ResNet also has the smaller responses (0.961
-# against ResNet-8's 1.003), the paper's second observation. The effect is small, 4% on average
-# and 9% at the block ends, after a short run from responses that all started at exactly 1; the
-# paper's nets, trained 200 times longer, show it larger. One seed: the size is not a measured
-# range.
+# **Measured** on the shipped `laptop` nets (trained 2026-12-07, seed 0; 320 steps on 5000
+# CIFAR-10 images, half width; tutorial 04). Read from the shipped folder, the probe is its 32
+# test images and the refresh its 32 training images: at depth 20 the ResNet's responses are
+# smaller than the plain net's in 84% of the 3x3 layers (mean 1.008 against 1.067), and the
+# difference sits where the paper's reading puts it, at the end of each residual branch: the conv2
+# batch norms that produce $F(x)$ give 0.944 in ResNet-20 against 1.057 in plain-20, and their
+# learned scales $|\gamma|$ average 0.894 against 0.991. In the figure that is ResNet-20's zigzag:
+# the block-end layers dip while the plain net's do not. Inside the branches (conv1) the two are
+# close (1.056 and 1.071). The deeper ResNet also has the smaller responses (1.008 against
+# ResNet-8's 1.077), the paper's second observation.
 #
-# On the `laptop-56` nets (same run length, depths 20 and 56) the first observation holds and the
+# All of these sit a few percent above 1, plain and residual alike: a refresh on only 32 images
+# has the small-batch bias described above. The same nets read from a full run folder (your own
+# `runs/degradation-laptop`, where the probe is 256 test images and the refresh 512 training
+# images) gave, on the same date: mean 0.962 against 1.013 at depth 20 (smaller in 79% of the
+# layers), block ends 0.908 against 1.011, inside the branches 1.003 against 1.011, and ResNet-8
+# 1.003. The verdicts are the same either way; they also held on the four other disjoint sets of
+# 32 test and 32 training images that we tried, and on five sets of 48. The effect is small,
+# about 5% on average and 10% at the block ends, after a short run from responses that all
+# started at exactly 1; the paper's nets, trained 200 times longer, show it larger. One seed: the
+# size is not a measured range.
+#
+# On the `laptop-56` nets (an earlier run, 2026-12-01, with 256 probe and 512 refresh images; same
+# run length, depths 20 and 56) the first observation holds and the
 # second does not: ResNet-56's responses are smaller than plain-56's in every layer (mean 0.987
 # against 3.421), but plain-56 never got going (it ended near chance, tutorial 04) and its
 # responses grew up to 30, so that comparison says more about a failed net than about residual
 # functions; and ResNet-56's responses are *not* smaller than ResNet-20's (0.987 against 0.961)
 # after 320 steps.
 #
-# In quick mode (a few dozen steps on synthetic data) the scales have had little time to move
-# away from 1 (the |gamma| line says how far they got), and the verdicts above are small effects
-# either way. The paper's Figure 7 is measured after the full CIFAR-10 schedule (64k
-# iterations); train the `gpu` preset (tutorial 04) and run
+# The `quick` preset (`MINIRES_QUICK=1` with `MINIRES_TRAIN=1`: a few dozen steps on synthetic
+# data) is a smoke test: its scales have had little time to move away from 1 (the |gamma| line
+# says how far they got), and its verdicts are small effects either way. The paper's Figure 7 is
+# measured after the full CIFAR-10 schedule (64k iterations); train the `gpu` preset (tutorial 04)
+# and run
 #
 #     MINIRES_PRESET=gpu MINIRES_DEVICE=cuda python tutorials/07_layer_responses.py
 #

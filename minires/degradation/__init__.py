@@ -2,15 +2,16 @@
 trained with the paper's recipe, their training and test error per epoch side by side.
 
     from minires.degradation import run_degradation, read_curves, verdicts
-    rows = run_degradation("runs/degradation", preset="laptop", data="cifar10")
+    rows = run_degradation("runs/degradation-laptop", preset="laptop", data="cifar10")
 
 `minires degradation` (minires/degradation/command.py) is the same thing as a command.
 """
-from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, load_run_data, load_trained,
-                         net_name,
+from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, is_finished, load_run_data,
+                         load_trained, net_name,
                          read_curves, run_degradation, verdicts, write_figure)
 from .plots import plot_degradation
 
-__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "load_run_data", "load_trained",
+__all__ = ["CURVE_COLUMNS", "PRESETS", "Preset", "final_errors", "is_finished", "load_run_data",
+           "load_trained",
            "net_name",
            "plot_degradation", "read_curves", "run_degradation", "verdicts", "write_figure"]

@@ -95,16 +95,18 @@ def run_degradation(out_dir, preset="laptop", progress=True, device=None, seed=0
     return rows
 
 
-def write_figure(out_dir, rows=None):
-    """Draw `rows` (default: out_dir's curves.csv) into out_dir/degradation.png; returns the Figure
-    (shown inline in a notebook). The x axis is iterations, as in the paper."""
+def write_figure(out_dir, rows=None, path=None):
+    """Draw `rows` (default: out_dir's curves.csv) into `path` (default: out_dir/degradation.png);
+    returns the Figure (shown inline in a notebook). The x axis is iterations, as in the paper.
+    A `path` elsewhere draws a run that must not be written into (the tutorials' shipped one)."""
     from .plots import plot_degradation
 
     out_dir = Path(out_dir)
     config = _read_config(out_dir)
     rows = read_curves(out_dir) if rows is None else rows
     steps_per_epoch = math.ceil(_train_size(config) / config["batch_size"])
-    return plot_degradation(rows, out_dir / "degradation.png", _title(config), steps_per_epoch)
+    path = out_dir / "degradation.png" if path is None else path
+    return plot_degradation(rows, path, _title(config), steps_per_epoch)
 
 
 def _config(preset, overrides, seed):
@@ -204,6 +206,18 @@ def read_curves(path):
         return [{"net": r["net"], "depth": int(r["depth"]), "residual": bool(int(r["residual"])),
                  "epoch": int(r["epoch"]), "train_error": float(r["train_error"]),
                  "test_error": float(r["test_error"])} for r in csv.DictReader(f)]
+
+
+def is_finished(out_dir):
+    """True when out_dir holds a whole run: its config.json, and a curves.csv row for every epoch
+    of every net (an interrupted run, or an empty folder, is not finished)."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.json").is_file() or not (out_dir / "curves.csv").is_file():
+        return False
+    config = _read_config(out_dir)
+    done = {(r["residual"], r["depth"], r["epoch"]) for r in read_curves(out_dir)}
+    return all((residual, depth, epoch) in done for residual in (False, True)
+               for depth in config["depths"] for epoch in range(1, config["epochs"] + 1))
 
 
 def final_errors(rows):
