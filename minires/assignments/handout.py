@@ -4,6 +4,7 @@ note in a tutorial that runs a blank part, and the tests students run.
 Every page is written from the registry (assignments, targets, parts and points), so the copy
 always names the functions, files and points the autograder uses.
 """
+import re
 import textwrap
 
 from .registry import get
@@ -39,14 +40,18 @@ def tutorial_note(needed):
             "passes for each, it stops at the first `NotImplementedError: TODO`.\n\n")
 
 
-def student_readme(plan):
-    """The copy's README.md: install, the assignments, the workflow, the rules."""
+def student_readme(plan, pyproject=""):
+    """The copy's README.md: install, the assignments, the workflow, the rules (`pyproject`, the
+    copy's pyproject.toml, says which extras there are to mention)."""
     rows = "\n".join(
         f"| {a.number} | [{a.name}](assignments/{a.name}.md) | "
         f"{'; '.join(f'`{path}`: ' + ', '.join(f'`{q}`' for q in names) for path, names in _to_write(a).items())}"
         f" | {a.points} |" for a in map(get, plan["blank"]))
     first = plan["blank"][0] if plan["blank"] else "conv"
     files = ", ".join(f"`{f}`" for f in get(first).files)
+    notebooks = ("\n    pip install -e \".[notebooks]\"                    # jupytext and a kernel: "
+                 "tutorials as notebooks" if re.search(r"^notebooks\s*=", pyproject, re.MULTILINE)
+                 else "")
     released = (f" The solutions of {', '.join(plan['solutions'])} are in: that code is minires'."
                 if plan["solutions"] else "")
     return f"""# minires: your own copy
@@ -61,7 +66,7 @@ later all call the functions you write, in the package itself.{released}
 
     python -m venv .venv && . .venv/bin/activate     # or your own environment
     pip install -e .                                 # numpy, tqdm, threadpoolctl; the `minires` command
-    pip install -e ".[plot]"                         # matplotlib, for the tutorials' figures
+    pip install -e ".[plot]"                         # matplotlib, for the tutorials' figures{notebooks}
 
 `-e` (editable) matters: Python then runs the files you edit, with no reinstall.
 

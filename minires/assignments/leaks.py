@@ -10,6 +10,7 @@ still matches, while code that computes the same thing another way does not.
 Bodies shorter than MIN_TOKENS (`return gy, gy`, `return shortcut + branch`) are left out: their
 docstrings state them outright, and such short token runs occur in any NumPy code.
 """
+import ast
 import difflib
 import io
 import re
@@ -54,8 +55,8 @@ def reference_bodies(names=None):
             path = PACKAGE_DIR / source_path(target.file)
             source = path.read_text()
             lines = source.splitlines()
-            node = _definitions(__import__("ast").parse(source))[target.qualname]
-            if type(node).__name__ == "ClassDef":
+            node = _definitions(ast.parse(source))[target.qualname]
+            if isinstance(node, ast.ClassDef):
                 continue
             first, last = _solution_span(lines, node, target.qualname)
             tokens = text_tokens("\n".join(lines[first + 1:last]))
@@ -78,7 +79,7 @@ def best_match(body, tokens):
     matcher.set_seq2(body)
     for start in range(len(hits) - 1):
         end = min(start + length, len(hits) - 1)
-        if hits[end] - hits[start] < needed or (where is not None and start < where + 2):
+        if hits[end] - hits[start] < needed:
             continue
         matcher.set_seq1(tokens[start:start + length])
         ratio = matcher.ratio()

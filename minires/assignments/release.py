@@ -35,6 +35,12 @@ from .workspace import (DEFAULT_HINTS, HINTS, PACKAGE_DIR, absolute_source, sour
                         stub_source)
 
 SOLUTION_FOLDERS = ("fast",)  # removed from the student copy: whole solutions, not stubs
+# what stands in their place: importing it fails as a missing module does (functional.py then runs
+# the readable ops), while keeping an import from reaching another minires installed beside the
+# copy (a teacher's editable install would otherwise lend the copy its fast, complete ops)
+ABSENT_FOLDER = ('"""Not part of a student copy of minires: the readable ops in minires/ops run '
+                 'instead."""\nraise ModuleNotFoundError("minires.{folder} is not part of a '
+                 'student copy", name=__name__)\n')
 RELEASE_MARK = "RELEASE.md"   # written into the student package: what is blank in it
 NOT_ASSIGNED_BY_DEFAULT = ("engine",)
 # which assignments' code each tutorial runs (by file name prefix); a tutorial not listed here
@@ -79,6 +85,9 @@ def release_package(out, blank, hints=DEFAULT_HINTS):
     destination = Path(out) / "minires"
     shutil.copytree(PACKAGE_DIR, destination,
                     ignore=shutil.ignore_patterns("__pycache__", *SOLUTION_FOLDERS))
+    for folder in SOLUTION_FOLDERS:
+        (destination / folder).mkdir()
+        (destination / folder / "__init__.py").write_text(ABSENT_FOLDER.format(folder=folder))
     stubbed = []
     for relative, targets in targets_by_file(blank).items():
         path = destination / relative
@@ -130,8 +139,8 @@ def release(out, assign=None, solutions=(), hints=DEFAULT_HINTS, course_file=Non
     out.mkdir(parents=True, exist_ok=True)
     stubbed = release_package(out, plan["blank"], plan["hints"])
     copy_tutorials(source_root, out, plan["blank"])
-    files = {"pyproject.toml": (source_root / "pyproject.toml").read_text(),
-             "README.md": handout.student_readme(plan),
+    pyproject = (source_root / "pyproject.toml").read_text()
+    files = {"pyproject.toml": pyproject, "README.md": handout.student_readme(plan, pyproject),
              "tests/test_my_minires.py": handout.PUBLIC_TEST,
              "course.json": json.dumps(plan, indent=2) + "\n"}
     for name in plan["blank"]:
