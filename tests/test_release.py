@@ -71,6 +71,7 @@ def test_the_copy_ships_no_test_of_this_repository_and_no_reference(conv_copy):
     assert find_leaks(conv_copy, ["conv"]) == []
 
 
+@pytest.mark.slow
 def test_every_assignment_blank_leaks_nothing(tmp_path):
     release(tmp_path, assign=list(all_assignments()))
     assert find_leaks(tmp_path) == []
@@ -117,6 +118,7 @@ def test_course_file_and_flags(tmp_path):
     assert course(course_file=plan) == {"blank": ["conv", "batchnorm"], "solutions": ["engine"],
                                         "hints": "full"}
     assert course(["conv"], course_file=plan)["blank"] == ["conv"]  # flags win
+    assert course(hints="shapes", course_file=plan)["hints"] == "shapes"
     with pytest.raises(SystemExit, match="no assignment 'convv'"):
         course(["convv"])
     plan.write_text(json.dumps({"assigned": ["conv"]}))

@@ -60,10 +60,11 @@ def add_arguments(parser):
     release_parser.add_argument("--solutions", nargs="+", default=[], metavar="NAME",
                                 help="assignments whose solutions are released: their code stays "
                                      "in, even if assigned (after their deadline)")
-    release_parser.add_argument("--hints", choices=HINTS, default=DEFAULT_HINTS,
+    release_parser.add_argument("--hints", choices=HINTS,
                                 help="how much math the stubs give: full (the formulas line by "
-                                     "line), shapes (default), none (what to compute, shapes in "
-                                     "and out)")
+                                     "line), shapes (what to compute and each step's shapes), "
+                                     f"none (what to compute, shapes in and out); default "
+                                     f"{DEFAULT_HINTS}")
     release_parser.add_argument("--course", type=Path, metavar="JSON",
                                 help='a course file: {"assign": [...], "solutions": [...], '
                                      '"hints": "..."}; the options above override it')

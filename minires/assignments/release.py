@@ -48,7 +48,7 @@ NOT_ASSIGNED_BY_DEFAULT = ("engine",)
 TUTORIAL_RUNS = {"01": ("engine",)}
 
 
-def course(assign=None, solutions=(), hints=DEFAULT_HINTS, course_file=None):
+def course(assign=None, solutions=(), hints=None, course_file=None):
     """{"blank": [...], "solutions": [...], "hints": ...}: what a release leaves blank, in course
     order. `course_file` (JSON with any of the keys "assign", "solutions", "hints") gives the
     defaults; arguments that are given win. Unknown names are a SystemExit listing the real ones."""
@@ -61,7 +61,7 @@ def course(assign=None, solutions=(), hints=DEFAULT_HINTS, course_file=None):
     assign = assign if assign else settings.get(
         "assign", [n for n in names if n not in NOT_ASSIGNED_BY_DEFAULT])
     solutions = list(solutions) or settings.get("solutions", [])
-    hints = hints if hints != DEFAULT_HINTS else settings.get("hints", hints)
+    hints = hints or settings.get("hints", DEFAULT_HINTS)
     if hints not in HINTS:
         raise SystemExit(f"hints must be one of {', '.join(HINTS)}, got {hints!r}")
     for name in [*assign, *solutions]:
@@ -125,7 +125,7 @@ def after_header(text, cell):
     return "".join(lines[:end + 1]) + "\n" + cell + "".join(lines[end + 1:])
 
 
-def release(out, assign=None, solutions=(), hints=DEFAULT_HINTS, course_file=None):
+def release(out, assign=None, solutions=(), hints=None, course_file=None):
     """The whole student copy in `out`; returns the package files stubbed. Raises RuntimeError
     (leaving `out` for inspection) if a file in it holds a blank assignment's reference body."""
     plan = course(assign, solutions, hints, course_file)

@@ -81,7 +81,7 @@ def doc_for(doc, hints=DEFAULT_HINTS):
         raise ValueError(f"hints must be one of {', '.join(HINTS)}, got {hints!r}")
     paragraphs = re.split(r"\n[ \t]*\n", textwrap.dedent(doc).strip())
     kept = [p for p in paragraphs
-            if HINTS.index(_HINT_LEVEL.get(p.lstrip().split(" ", 1)[0], "none"))
+            if HINTS.index(_HINT_LEVEL.get(p.split(None, 1)[0], "none"))
             <= HINTS.index(hints)]
     return "\n\n".join(kept)
 
