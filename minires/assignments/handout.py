@@ -36,8 +36,9 @@ def tutorial_note(needed):
     files = sorted({package_path(f) for name in needed for f in get(name).files})
     return ("# %% [markdown]\n"
             f"# **In your copy of minires** this tutorial runs your code for "
-            f"{', '.join(needed)} ({', '.join(files)}): until `minires assignment check NAME` "
-            "passes for each, it stops at the first `NotImplementedError: TODO`.\n\n")
+            f"{', '.join(needed)} ({', '.join(files)}). Where it does, it stops at the first\n"
+            "# `NotImplementedError: TODO` until `minires assignment check NAME` passes for "
+            "each.\n\n")
 
 
 def student_readme(plan, pyproject=""):
@@ -47,6 +48,14 @@ def student_readme(plan, pyproject=""):
         f"| {a.number} | [{a.name}](assignments/{a.name}.md) | "
         f"{'; '.join(f'`{path}`: ' + ', '.join(f'`{q}`' for q in names) for path, names in _to_write(a).items())}"
         f" | {a.points} |" for a in map(get, plan["blank"]))
+    assignments = (f"""| # | assignment | what you write | points |
+|---|---|---|---|
+{rows}
+
+Each assignment's page (linked above) says what each function computes, how it is graded and what
+the points are. The docstring of each TODO says what to compute and the shapes.""" if rows else
+                   "None: every assignment's solution is in this copy, the complete minires to "
+                   "read and run.")
     first = plan["blank"][0] if plan["blank"] else "conv"
     files = ", ".join(f"`{f}`" for f in get(first).files)
     notebooks = ("\n    pip install -e \".[notebooks]\"                    # jupytext and a kernel: "
@@ -72,12 +81,7 @@ later all call the functions you write, in the package itself.{released}
 
 ## Your assignments
 
-| # | assignment | what you write | points |
-|---|---|---|---|
-{rows}
-
-Each assignment's page (linked above) says what each function computes, how it is graded and what
-the points are. The docstring of each TODO says what to compute and the shapes.
+{assignments}
 
 ## The workflow
 

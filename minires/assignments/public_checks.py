@@ -342,11 +342,14 @@ def residual_checks():
 
     def relu_known(impl):
         d = known("relu")
-        op = impl.activation.ReLU()
-        expect_close("relu(x) (relu(-inf) = 0, relu(0) = 0)",
-                     op.apply(Tensor(d["x"], requires_grad=True)).data, d["y"])
-        expect_close("dx (0 wherever x <= 0, even for an infinite gy)",
-                     _grads(op.backward(d["gy"]))[0], d["dx"])
+
+        def run(x, gy):
+            op = impl.activation.ReLU()
+            expect_close("relu(x) (relu(-inf) = 0, relu(0) = 0)",
+                         op.apply(Tensor(x, requires_grad=True)).data, d["y"])
+            expect_close("dx (0 wherever x <= 0, even for an infinite gy)",
+                         _grads(op.backward(gy))[0], d["dx"])
+        expect_inputs_unchanged("ReLU forward and backward", run, d["x"], d["gy"])
 
     def relu_dtype(impl):
         x = np.array([[-1.5, 0.0, 2.0]], dtype=np.float32)
@@ -384,7 +387,8 @@ def residual_checks():
             check_block(impl.block, rng, in_channels, channels, stride)
 
     return [
-        Check("ReLU: known values, with exact zeros and infinities", relu_known),
+        Check("ReLU: known values, with exact zeros and infinities; inputs left unchanged",
+              relu_known),
         Check("ReLU: keeps float32", relu_dtype),
         Check("ReLU.backward: gradcheck against your forward (float64)", relu_gradients),
         Check("ResidualAdd: y, gradcheck, inputs left unchanged", add),
