@@ -311,8 +311,9 @@ def test_student_round_trip(tmp_path):
     assert checked.returncode == 0, checked.stderr
     assert checked.stdout.count(": ok;") == 3 and "MISMATCH" not in checked.stdout
     assert str(copy / "minires" / "__init__.py") in checked.stdout  # the installed copy ran
-    tutorial = subprocess.run([python, str(copy / "tutorials/01_vanishing_gradients_in_a_chain.py")],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    first_tutorial = copy / "tutorials" / "01_vanishing_gradients_in_a_chain.py"
+    tutorial = subprocess.run([python, str(first_tutorial)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
     assert tutorial.returncode == 0, tutorial.stderr
     assert "8 / 8 checks pass" in student("check", "conv").stdout
     submitted = student("submit", "conv", "--out", str(tmp_path / "hw1"))

@@ -12,7 +12,7 @@ from .workspace import source_path
 
 
 def package_path(filename):
-    """Where a student writes a workspace file's code in their copy: conv.py -> minires/ops/conv.py."""
+    """Where the copy holds a workspace file's code: conv.py -> minires/ops/conv.py."""
     return f"minires/{source_path(filename)}"
 
 
@@ -41,28 +41,33 @@ def tutorial_note(needed):
             "each.\n\n")
 
 
+def _assignment_table(blank):
+    """The README's table of the assignments left blank, or a line saying there are none."""
+    if not blank:
+        return "None: every assignment's solution is in this copy, the complete minires to read."
+    rows = []
+    for a in map(get, blank):
+        where = "; ".join(f"`{path}`: " + ", ".join(f"`{q}`" for q in names)
+                          for path, names in _to_write(a).items())
+        rows.append(f"| {a.number} | [{a.name}](assignments/{a.name}.md) | {where} | {a.points} |")
+    return ("| # | assignment | what you write | points |\n|---|---|---|---|\n" + "\n".join(rows)
+            + "\n\nEach assignment's page (linked above) says what each function computes, how "
+            "it is graded\nand what the points are. The docstring of each TODO says what to "
+            "compute and the shapes.")
+
+
 def student_readme(plan, pyproject=""):
     """The copy's README.md: install, the assignments, the workflow, the rules (`pyproject`, the
     copy's pyproject.toml, says which extras there are to mention)."""
-    rows = "\n".join(
-        f"| {a.number} | [{a.name}](assignments/{a.name}.md) | "
-        f"{'; '.join(f'`{path}`: ' + ', '.join(f'`{q}`' for q in names) for path, names in _to_write(a).items())}"
-        f" | {a.points} |" for a in map(get, plan["blank"]))
-    assignments = (f"""| # | assignment | what you write | points |
-|---|---|---|---|
-{rows}
-
-Each assignment's page (linked above) says what each function computes, how it is graded and what
-the points are. The docstring of each TODO says what to compute and the shapes.""" if rows else
-                   "None: every assignment's solution is in this copy, the complete minires to "
-                   "read and run.")
+    assignments = _assignment_table(plan["blank"])
     first = plan["blank"][0] if plan["blank"] else "conv"
     files = ", ".join(f"`{f}`" for f in get(first).files)
-    notebooks = ("\n    pip install -e \".[notebooks]\"                    # jupytext and a kernel: "
-                 "tutorials as notebooks" if re.search(r"^notebooks\s*=", pyproject, re.MULTILINE)
-                 else "")
-    released = (f" The solutions of {', '.join(plan['solutions'])} are in: that code is minires'."
-                if plan["solutions"] else "")
+    notebooks = ""
+    if re.search(r"^notebooks\s*=", pyproject, re.MULTILINE):
+        notebooks = ('\n    pip install -e ".[notebooks]"       # jupytext and a kernel: the '
+                     "tutorials as notebooks")
+    released = (f" The solutions of {', '.join(plan['solutions'])} are in: that code is "
+                "minires'." if plan["solutions"] else "")
     return f"""# minires: your own copy
 
 minires is a deep-learning framework written from scratch in NumPy, for learning how residual
@@ -73,9 +78,9 @@ later all call the functions you write, in the package itself.{released}
 
 ## Install
 
-    python -m venv .venv && . .venv/bin/activate     # or your own environment
-    pip install -e .                                 # numpy, tqdm, threadpoolctl; the `minires` command
-    pip install -e ".[plot]"                         # matplotlib, for the tutorials' figures{notebooks}
+    python -m venv .venv && . .venv/bin/activate    # or your own environment
+    pip install -e .                    # numpy, tqdm, threadpoolctl, and the `minires` command
+    pip install -e ".[plot]"            # matplotlib, for the tutorials' figures{notebooks}
 
 `-e` (editable) matters: Python then runs the files you edit, with no reinstall.
 
@@ -167,7 +172,7 @@ is told so.
 """
 
 
-COMPARE_GRADIENTS = '''"""Assignment 3, last step: plain vs residual networks on YOUR relu and residual add.
+COMPARE_GRADIENTS = '''"""Assignment 3, last step: plain vs residual nets on YOUR relu and add.
 
     python assignments/compare_gradients.py          # depths 20 and 56 (a minute or two)
     python assignments/compare_gradients.py 8 20     # other depths of the 6n+2 family

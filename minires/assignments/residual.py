@@ -4,7 +4,7 @@ BasicBlock's backward by hand, with the "+1" split it makes.
 ReLU's derivative at exactly 0 is taken as 0, as in PyTorch; the inputs contain exact zeros, so a
 mask written `x >= 0` fails. relu(-inf) is 0, so a forward written `x * (x > 0)` (-inf * 0 = NaN)
 fails the case with infinities, as does a backward written `gy * (x > 0)` where an infinite gy
-meets x <= 0: the stubs say both, at every --hints level. basic_block_backward builds a BasicBlock whose every ReLU and
+meets x <= 0. basic_block_backward builds a BasicBlock whose every ReLU and
 residual add is the student's (patched into minires.functional) and compares its gradients with
 the reference block's, bit-close. Then the student writes the block's whole backward by hand
 (block.py: op by op, in reverse, over the ops the forward kept), which must give every gradient
@@ -181,21 +181,18 @@ def plus_one_split_cases(rng):
 RELU_FORWARD_DOC = """
 TODO: y = max(x, 0), elementwise.
 
-x: any shape. Returns y with x's shape and dtype; relu(-inf) = 0 and relu(inf) = inf. Save on
-self what backward needs.
-
-Shapes: a product with a 0/1 mask, x * [x > 0], gives -inf * 0 = NaN at x = -inf: take the
-larger of x and 0 instead.
+x: any shape. Returns y with x's shape and dtype; relu(-inf) = 0 and relu(inf) = inf (a product
+with the 0/1 mask, x * [x > 0], gives -inf * 0 = NaN at x = -inf). Save on self what backward
+needs.
 """
 
 RELU_BACKWARD_DOC = """
 TODO: dx = gy where x > 0, and 0 where x <= 0, elementwise, given gy = dL/dy (x's shape).
 
 The derivative at exactly x = 0 is taken as 0, as in PyTorch. Returns dx (one array, gy's shape
-and dtype). dx must be 0 wherever x <= 0, even where gy is inf or -inf.
-
-Shapes: select, do not multiply: gy * [x > 0] gives inf * 0 = NaN where an infinite gy meets
-x <= 0. Keep the mask [x > 0] from forward and choose between gy and 0 with it.
+and dtype). dx must be 0 wherever x <= 0, even where gy is inf or -inf: select between gy and 0
+with the mask [x > 0] kept from forward; do not multiply by it (gy * [x > 0] gives inf * 0 = NaN
+where an infinite gy meets x <= 0).
 """
 
 ADD_FORWARD_DOC = """

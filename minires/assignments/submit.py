@@ -49,7 +49,8 @@ def handed_out_source(filename, assignment):
 
 
 def submit(name, out, package_dir=PACKAGE_DIR):
-    """Write out/<file> for each of the assignment's files, and out.zip; returns (paths, warnings)."""
+    """Write out/<file> for each of the assignment's files, and out.zip; returns (paths written,
+    warnings for the student)."""
     files = submission_files(name, package_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
