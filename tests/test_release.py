@@ -103,6 +103,14 @@ def test_the_leak_detector_finds_near_copies(tmp_path):
     assert found == {("test_x.py", "conv.py: col2im"), ("notes.md", "conv.py: col2im")}
 
 
+def test_release_refuses_to_ship_a_leak(tmp_path, monkeypatch):
+    from minires.assignments import handout
+
+    monkeypatch.setattr(handout, "PUBLIC_TEST", "import numpy as np\n" + COL2IM_WITH_EQUALS)
+    with pytest.raises(RuntimeError, match=r"tests/test_my_minires.py \(conv.py: col2im"):
+        release(tmp_path, assign=["conv"])
+
+
 def test_leak_windows_compare_tokens_not_text():
     body = dict(reference_bodies(["residual"]))["activation.py: ReLU.backward"]
     assert body == text_tokens("return backend.xp(gy).where(self.mask, gy, 0)")
@@ -316,6 +324,9 @@ def test_student_round_trip(tmp_path):
                               capture_output=True, text=True, timeout=300)
     assert tutorial.returncode == 0, tutorial.stderr
     assert "8 / 8 checks pass" in student("check", "conv").stdout
+    tests = subprocess.run([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+                           cwd=copy, env=env, capture_output=True, text=True, timeout=300)
+    assert tests.returncode == 0 and "1 passed" in tests.stdout, tests.stdout
     submitted = student("submit", "conv", "--out", str(tmp_path / "hw1"))
     assert "warning" not in submitted.stdout
     results = dry_run(tmp_path, tmp_path / "hw1", "conv")
