@@ -368,7 +368,7 @@ def _finish_gradient(tensor, grad):
         if replaced is not None:
             grad = replaced.data if isinstance(replaced, Tensor) else replaced
     if tensor._retain_grad and tensor.creator is not None:
-        tensor.grad = Tensor(grad if tensor.grad is None else tensor.grad.data + grad)
+        _accumulate_leaf(tensor, grad)  # a retained gradient accumulates as a leaf's does
     return grad
 
 

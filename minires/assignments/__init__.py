@@ -1,7 +1,9 @@
 """Classroom assignments: student workspaces with the solutions removed, and their autograder.
 
     minires assignment list
-    minires assignment release --out student-minires  # the package, every solution removed
+    minires assignment release --assign conv --out student-minires  # a working copy, conv blank
+    minires assignment check conv                     # in the copy: public checks, no reference
+    minires assignment submit conv --out hw1          # in the copy: hw1/conv.py for the grader
     minires assignment make conv --out hw1            # hw1/conv.py with TODO stubs, README.md
     minires assignment grade hw1 --json results.json
     minires assignment gradescope conv --out conv.zip # Gradescope's autograder bundle

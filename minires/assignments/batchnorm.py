@@ -105,14 +105,15 @@ or None; self.training, self.momentum and self.eps are set.
 """
 
 FORWARD_DOC = """
-TODO: y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel.
+TODO: y = gamma * (x - mean) / sqrt(var + eps) + beta, per channel (see the class docstring).
 
-x: (N, C) or (N, C, H, W); gamma, beta: (C,). Returns y with x's shape.
-Training: mean, var = the batch's per-channel mean and biased variance (over axis 0, or axes
-(0, 2, 3)), then call self._update_running(mean, var, m) with m = values per channel.
-Evaluation: mean, var = self.running_mean, self.running_var.
-Reshape (C,) vectors to (1, C) or (1, C, 1, 1) to broadcast. Save what backward needs
-on self.
+x: (N, C) or (N, C, H, W); gamma, beta: (C,). Returns y with x's shape and dtype.
+Training: mean, var = the batch's per-channel mean and biased variance, and
+self._update_running(mean, var, m) moves the running statistics (m = values per channel).
+Evaluation: mean, var = self.running_mean, self.running_var. Save on self what backward needs.
+
+Shapes: the statistics reduce over axis 0, or axes (0, 2, 3), to (C,); view (C,) vectors as
+(1, C) or (1, C, 1, 1) to broadcast against x.
 """
 
 UPDATE_RUNNING_DOC = """
@@ -129,15 +130,19 @@ The running variance uses the unbiased estimate, as PyTorch does.
 BACKWARD_DOC = """
 TODO: the gradients of the loss L with respect to x, gamma and beta.
 
-gy = dL/dy has x's shape.
+gy = dL/dy has x's shape. Returns (dx, dgamma, dbeta): x's shape, (C,), (C,).
+Evaluation: mean and var are constants. Training: mean and var are functions of x, so dx has
+a term through each of them besides the direct one. Derive them with the chain rule through
+mean = sum(x) / m and var = sum((x - mean)^2) / m (m values per channel).
 
-Sums run over every axis but the channel (m values per channel):
-    dbeta = sum(gy): (C,),   dgamma = sum(gy * xhat): (C,),   dxhat = gy * gamma
-Evaluation: mean and var are constants, so dx = dxhat / sqrt(running_var + eps).
-Training: mean and var depend on x, so dx has three terms: the one through xhat
-directly, one through the mean and one through the variance. Derive them (chain rule
-through mean = sum(x)/m and var = sum((x - mean)^2)/m) and simplify with the sums above.
-Return (dx, dgamma, dbeta).
+Shapes: every sum runs over every axis but the channel, giving (C,); view (C,) results as
+(1, C) or (1, C, 1, 1) to combine them with (N, C[, H, W]) arrays.
+
+Math:
+    dbeta = sum(gy),   dgamma = sum(gy * xhat),   dxhat = gy * gamma
+    evaluation: dx = dxhat / sqrt(running_var + eps)
+    training: dx has three terms (through xhat directly, through the mean, through the
+    variance); simplify them with the sums above.
 """
 
 ASSIGNMENT = Assignment(

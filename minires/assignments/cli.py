@@ -1,10 +1,14 @@
-"""`minires assignment list | make | grade | release | gradescope`: the classroom commands.
+"""`minires assignment list | make | grade | release | gradescope | check | submit`: the classroom
+commands.
 
     minires assignment list
+    minires assignment release --out student-minires [--assign conv batchnorm] [--solutions conv]
+                               [--hints full|shapes|none] [--course course.json]
     minires assignment make conv --out hw1
     minires assignment grade hw1 [--json results.json] [--timeout S] [--seed N] [--part NAME]
-    minires assignment release --out student-minires [--keep conv ...]
     minires assignment gradescope conv --out conv-autograder.zip
+    minires assignment check conv [--workspace hw1]   # public checks, no reference needed
+    minires assignment submit conv --out submission   # a student copy's files, for the autograder
 
 `grade` exits 0 with full marks and 1 otherwise. `--json` writes Gradescope's results.json: once
 before any student code runs (every part 0, "grading did not finish"), then, atomically, the
@@ -17,8 +21,10 @@ from pathlib import Path
 from .grader import (PartResult, assignment_of, grade, gradescope_results, table,
                      write_results)
 from .registry import all_assignments
+from .public_checks import report, run_checks
 from .release import RELEASE_MARK, gradescope_bundle, release
-from .workspace import PACKAGE_DIR, make_workspace
+from .submit import submit
+from .workspace import DEFAULT_HINTS, HINTS, PACKAGE_DIR, make_workspace
 
 
 def add_arguments(parser):
@@ -30,6 +36,8 @@ def add_arguments(parser):
     make.add_argument("--out", required=True, type=Path, help="directory to write")
     make.add_argument("--force", action="store_true", help="overwrite files already there")
     make.add_argument("--with-solutions", action="store_true", help=argparse.SUPPRESS)
+    make.add_argument("--hints", choices=HINTS, default=DEFAULT_HINTS,
+                      help="how much math the stubs give (default %(default)s)")
 
     grade_parser = actions.add_parser("grade", help="grade a workspace, part by part")
     grade_parser.add_argument("directory", type=Path, help="the student's workspace")
@@ -44,11 +52,33 @@ def add_arguments(parser):
                               help="which assignment, when the directory has no assignment.json")
 
     release_parser = actions.add_parser(
-        "release", help="the student copy of minires: every solution removed")
+        "release", help="the student copy of minires: a working package, the assigned parts blank")
     release_parser.add_argument("--out", required=True, type=Path, help="directory to write")
-    release_parser.add_argument("--keep", action="append", default=[], metavar="NAME",
-                                help="leave this assignment's solutions in (once it is due; "
-                                     "repeatable)")
+    release_parser.add_argument("--assign", nargs="+", metavar="NAME",
+                                help="the assignments left blank for students (default: every "
+                                     "assignment but engine)")
+    release_parser.add_argument("--solutions", nargs="+", default=[], metavar="NAME",
+                                help="assignments whose solutions are released: their code stays "
+                                     "in, even if assigned (after their deadline)")
+    release_parser.add_argument("--hints", choices=HINTS,
+                                help="how much math the stubs give: full (the formulas line by "
+                                     "line), shapes (what to compute and each step's shapes), "
+                                     f"none (what to compute, shapes in and out); default "
+                                     f"{DEFAULT_HINTS}")
+    release_parser.add_argument("--course", type=Path, metavar="JSON",
+                                help='a course file: {"assign": [...], "solutions": [...], '
+                                     '"hints": "..."}; the options above override it')
+
+    check = actions.add_parser("check", help="public checks of your code (no reference needed)")
+    check.add_argument("name", help="assignment name")
+    check.add_argument("--workspace", type=Path, metavar="DIR",
+                       help="check a workspace folder's files instead of this minires' own")
+
+    submit_parser = actions.add_parser(
+        "submit", help="gather your files for the autograder (a student copy)")
+    submit_parser.add_argument("name", help="assignment name")
+    submit_parser.add_argument("--out", required=True, type=Path,
+                               help="folder to write (and DIR.zip beside it)")
 
     bundle = actions.add_parser("gradescope", help="Gradescope's autograder zip for one assignment")
     bundle.add_argument("name", help="assignment name")
@@ -59,7 +89,8 @@ def add_arguments(parser):
 
 def run(args):
     return {"list": run_list, "make": run_make, "grade": run_grade, "release": run_release,
-            "gradescope": run_gradescope}[args.action](args)
+            "gradescope": run_gradescope, "check": run_check,
+            "submit": run_submit}[args.action](args)
 
 
 def run_list(_args):
@@ -70,10 +101,14 @@ def run_list(_args):
 
 
 def run_make(args):
-    written = make_workspace(args.name, args.out, args.with_solutions, args.force)
+    if (PACKAGE_DIR / RELEASE_MARK).exists():
+        raise SystemExit(f"in your copy of minires the assignment is in the package itself: read "
+                         f"assignments/{args.name}.md, write the TODOs it names, then run "
+                         f"`minires assignment check {args.name}`")
+    written = make_workspace(args.name, args.out, args.with_solutions, args.force, args.hints)
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
-    print(f"read {args.out / 'README.md'}, then grade yourself: minires assignment grade "
-          f"{args.out}")
+    print(f"read {args.out / 'README.md'}; check with: minires assignment check {args.name} "
+          f"--workspace {args.out}; grade with: minires assignment grade {args.out}")
     return 0
 
 
@@ -103,9 +138,24 @@ def run_grade(args):
 
 
 def run_release(args):
-    stubbed = release(args.out, args.keep)
-    print(f"wrote the student release to {args.out}: solutions removed from "
-          f"{', '.join(stubbed)}; tests and tutorials marked as needing them")
+    stubbed = release(args.out, args.assign, args.solutions, args.hints, args.course)
+    print(f"wrote the student copy to {args.out}: TODOs in {', '.join(stubbed) or 'no file'}; "
+          f"see {args.out / 'README.md'} and {args.out / 'course.json'}")
+    return 0
+
+
+def run_check(args):
+    results = run_checks(args.name, args.workspace)
+    print(report(args.name, results))
+    return 0 if all(passed for _, passed, _ in results) else 1
+
+
+def run_submit(args):
+    written, warnings = submit(args.name, args.out)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    for line in warnings:
+        print(f"warning: {line}")
+    print("upload the .py files (or the .zip) to your course's autograder")
     return 0
 
 

@@ -94,55 +94,74 @@ def conv2d_backward_cases(rng):
 IM2COL_DOC = """
 TODO: copy every kh x kw window of the padded input into its own column.
 
-x: (N, C, H, W); kernel (kh, kw), stride (sy, sx) and padding (py, px) are pairs of ints.
-Returns cols: (N, C, kh, kw, OH, OW), where OH = (H + 2*py - kh) // sy + 1 (OW likewise) and
+x: (N, C, H, W); kernel (kh, kw), stride (sy, sx) and padding (py, px) are pairs of ints;
+pad_value fills the padding (max pooling pads with -inf). Returns cols: (N, C, kh, kw, OH, OW),
+x's dtype, with OH = (H + 2*py - kh) // sy + 1 (OW likewise): cols[n, c, i, j, oy, ox] is the
+pixel of channel c that kernel offset (i, j) covers when the window sits at output (oy, ox).
 
-    cols[n, c, i, j, oy, ox] = xpad[n, c, sy*oy + i, sx*ox + j]
+Shapes: pad x into xpad: (N, C, H + 2*py, W + 2*px). For one kernel offset (i, j), the pixels
+it covers at every output position form one strided (N, C, OH, OW) slice of xpad: loop over the
+kh*kw offsets only, never over images, channels or pixels.
 
-with xpad = x padded by py rows and px columns of pad_value on each side (max pooling pads
-with -inf). Hint: loop over the kh*kw kernel offsets (i, j) only; each one is a strided slice
-of xpad.
+Math: cols[n, c, i, j, oy, ox] = xpad[n, c, sy*oy + i, sx*ox + j]
 """
 
 COL2IM_DOC = """
 TODO: the adjoint of im2col: add every column entry back onto the pixel it was copied from.
 
 cols: (N, C, kh, kw, OH, OW); x_shape = (N, C, H, W); stride (sy, sx), padding (py, px).
-Returns dx: (N, C, H, W), where dxpad[n, c, sy*oy + i, sx*ox + j] receives the SUM of
-cols[n, c, i, j, oy, ox] over every (i, j, oy, ox) that points at that pixel, and dx is dxpad
-with the padding cut off. Where windows overlap (stride < kernel) a pixel receives several
-entries.
+Returns dx: (N, C, H, W), cols' dtype: each pixel receives the SUM of every entry of cols that
+im2col copied from it: several where windows overlap (stride < kernel), none where no window
+reaches.
+
+Shapes: accumulate into a zero dxpad: (N, C, H + 2*py, W + 2*px), one strided (N, C, OH, OW)
+slice per kernel offset (i, j), then cut the padding off.
+
+Math: dxpad[n, c, sy*oy + i, sx*ox + j] += cols[n, c, i, j, oy, ox] for every (i, j, oy, ox);
+dx = dxpad[:, :, py:py + H, px:px + W].
 """
 
 CONV2D_DOC = """
-2-D convolution (cross-correlation, as in PyTorch) as one matrix product per image:
+2-D convolution (cross-correlation, as in PyTorch), computed through im2col:
 
-    cols = im2col(x)                      (N, C*kh*kw, OH*OW)
-    y[n] = W.reshape(OC, C*kh*kw) @ cols[n] + b     -> (N, OC, OH, OW)
+    y[n, o, oy, ox] = sum over c, i, j of w[o, c, i, j] * xpad[n, c, sy*oy + i, sx*ox + j] + b[o]
 
 Implement forward and backward below; check() has already set self.kernel, self.stride and
-self.padding as pairs of ints.
+self.padding as pairs of ints (self.has_bias says whether there is a b).
+
+Shapes: with cols = im2col(x) viewed as (N, C*kh*kw, OH*OW) and w viewed as (OC, C*kh*kw), the
+convolution is one matrix product per image.
 """
 
 FORWARD_DOC = """
-TODO: y = conv2d(x, w) + b, through im2col.
+TODO: y = conv2d(x, w) + b (the class docstring says what that is), through im2col.
 
-x: (N, C, H, W); w: (OC, C, kh, kw); b: (OC,) or None.
-Returns y: (N, OC, OH, OW) with
-    y[n, o, oy, ox] = sum_{c, i, j} w[o, c, i, j] * xpad[n, c, sy*oy + i, sx*ox + j] + b[o].
-Save on self what backward needs (the columns, the shapes, w).
+x: (N, C, H, W); w: (OC, C, kh, kw); b: (OC,) or None. Returns y: (N, OC, OH, OW), x's dtype.
+Save on self what backward needs.
+
+Shapes: cols = im2col(x): (N, C, kh, kw, OH, OW), viewed as (N, C*kh*kw, OH*OW); w viewed as
+(OC, C*kh*kw); their product, image by image, is (N, OC, OH*OW); view it as (N, OC, OH, OW) and
+add b viewed as (1, OC, 1, 1).
+
+Math: y[n] = w.reshape(OC, C*kh*kw) @ cols[n] + b[:, None], for every n at once.
 """
 
 BACKWARD_DOC = """
 TODO: the gradients of the loss L with respect to x, w and b.
 
-gy = dL/dy: (N, OC, OH, OW).
-With cols = im2col(x) reshaped to (N, C*kh*kw, OH*OW) and gy reshaped to (N, OC, OH*OW):
+gy = dL/dy: (N, OC, OH, OW). Returns (dx, dw, db), of the shapes of x, w and b ((N, C, H, W),
+(OC, C, kh, kw), (OC,)), or (dx, dw) when the op was made without a bias (self.has_bias is
+False). Derive them from the forward, y[n] = W @ cols[n] + b.
+
+Shapes: with cols: (N, C*kh*kw, OH*OW), gy viewed as (N, OC, OH*OW) and W: (OC, C*kh*kw): dw
+is a product of gy and cols, summed over the batch: (OC, C*kh*kw), then w's shape; dcols:
+(N, C*kh*kw, OH*OW) is a product of W and gy, and col2im turns it (viewed as
+(N, C, kh, kw, OH, OW)) into dx; db sums gy over every axis but OC.
+
+Math:
     dw = sum over n of gy[n] @ cols[n]^T, reshaped to w's shape (OC, C, kh, kw)
-    dcols = W^T @ gy[n] for every n, reshaped to (N, C, kh, kw, OH, OW);  dx = col2im(dcols)
-    db = sum of gy over n, oy, ox: (OC,)
-Return (dx, dw, db), or (dx, dw) when the op was made without a bias
-(then self.has_bias is False).
+    dcols[n] = W^T @ gy[n], reshaped to (N, C, kh, kw, OH, OW);  dx = col2im(dcols)
+    db = sum of gy over n, oy, ox
 """
 
 ASSIGNMENT = Assignment(

@@ -143,9 +143,14 @@ The graph is a DAG: a Function f consumes tensors t with t.creator (the Function
 None for a leaf) and its inputs are f._inputs. Return a list of Functions, each exactly once,
 such that every Function comes before the Functions that made its inputs (a reverse
 topological order): when backward reaches f, every consumer of f's output has already sent its
-part of dL/d(output). Start from root.creator. A depth-first postorder, reversed, is one such
-order; mind that a Function reachable along two paths is visited once, and that deep networks
-need no recursion limit (an explicit stack).
+part of dL/d(output). Start from root.creator.
+
+Shapes: a Function reachable along two paths must still appear once (remember the ones seen,
+by id), and deep networks have thousands of Functions in a chain: use an explicit stack, not
+recursion.
+
+Math: a depth-first postorder (a Function after every Function that made its inputs), reversed,
+is one such order.
 """
 
 RUN_BACKWARD_DOC = """
@@ -158,16 +163,20 @@ consumed by several Functions f1..fk receives the sum of their parts:
     dL/dt = sum_i  dL/d(out_i) * d(out_i)/dt
 
 TODO (the loop body over f's inputs x and their gradients gx): skip a None gradient and an input
-that does not require grad; add gx to the leaf's running sum in `leaves` (id(x) -> (x, sum)) when
-x is a leaf, else to `pending` (id(x.creator) -> sum), the gradient of the Function that made x.
+that does not require grad; add gx to the leaf's running sum in `leaves` when x is a leaf, else
+to `pending`, the gradient of the Function that made x.
+
+Shapes: `leaves` maps id(x) -> (x, running sum); `pending` maps id(x.creator) -> running sum.
 """
 
 ACCUMULATE_DOC = """
 TODO: add `grad` to leaf.grad (a Tensor), or set it when leaf.grad is None.
 
 Leaves accumulate across backward calls, as in PyTorch: two backward passes give the sum of
-both gradients until zero_grad() clears them. Never add into the existing array in place: the
-previous .grad may be shared with a caller.
+both gradients until zero_grad() clears them.
+
+Shapes: never add into the existing array in place: the previous .grad may be shared with a
+caller; make a new Tensor.
 """
 
 ASSIGNMENT = Assignment(

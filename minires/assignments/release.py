@@ -1,9 +1,18 @@
 """`minires assignment release` and `minires assignment gradescope`: what a teacher hands out.
 
-release: a student copy of the minires package with every solution body of every assignment
-replaced by `raise NotImplementedError` (the markers stay, so `minires assignment make` still
-works in the copy), `minires/fast/` removed where present (complete fast solutions), and every test
-and tutorial marked as needing the solutions. Students cannot reach what is not there.
+release: a student copy of minires, installable (`pip install -e .`), in which only the assigned
+parts are blank. Every target of an assigned assignment has its solution body replaced by
+`raise NotImplementedError("TODO: ...")` in the package's own files (minires/ops/conv.py, ...),
+between the solution markers (where the student writes, and what `submit` screens against), so
+everything else in minires (gradcheck, the layers, the nets, the tutorials) runs the
+student's code. An assignment that is not assigned, or whose solution is released
+(`--solutions`), keeps minires' code and works. The default assigns every assignment but
+engine. The copy holds the package (without minires/fast/, whole fast solutions), pyproject.toml,
+a README for students, one page per assignment under assignments/, the tutorials (a note after
+the header of those that run a blank part) and tests/test_my_minires.py (the public checks).
+No test of this repository is shipped (their planted bugs are near-solutions), and the release
+refuses to finish if any file of the copy holds a blank assignment's reference body or a
+near-copy of one (leaks.py).
 
 gradescope: the autograder zip Gradescope's specification asks for: `setup.sh` and
 `run_autograder` at the root, with the teacher's (complete) minires beside them. Gradescope
@@ -11,84 +20,139 @@ unpacks it into /autograder/source, runs setup.sh once, then run_autograder for 
 it grades /autograder/submission and writes /autograder/results/results.json.
 """
 import importlib.metadata
+import json
 import os
 import shutil
 import stat
 import zipfile
 from pathlib import Path
 
+from . import handout
+from .leaks import find_leaks
 from .registry import all_assignments, get
-from .workspace import PACKAGE_DIR, source_path, stub_source
+from .submit import HANDED_OUT
+from .workspace import (DEFAULT_HINTS, HINTS, PACKAGE_DIR, absolute_source, source_path,
+                        stub_source)
 
 SOLUTION_FOLDERS = ("fast",)  # removed from the student copy: whole solutions, not stubs
-RELEASE_MARK = "RELEASE.md"   # written into the student package: what was removed
-TEST_SKIP = ('import pytest\n\npytestmark = pytest.mark.skip(reason="needs minires\' reference '
-             'solutions, removed from this student release")\n')
-TUTORIAL_NOTE = ("# NEEDS THE SOLUTIONS: this tutorial runs minires' reference ops, which this "
-                 "student release leaves for you to write.\n")
+# what stands in their place: importing it fails as a missing module does (functional.py then runs
+# the readable ops), while keeping an import from reaching another minires installed beside the
+# copy (a teacher's editable install would otherwise lend the copy its fast, complete ops)
+ABSENT_FOLDER = ('"""Not part of a student copy of minires: the readable ops in minires/ops run '
+                 'instead."""\nraise ModuleNotFoundError("minires.{folder} is not part of a '
+                 'student copy", name=__name__)\n')
+RELEASE_MARK = "RELEASE.md"   # written into the student package: what is blank in it
+NOT_ASSIGNED_BY_DEFAULT = ("engine",)
+# which assignments' code each tutorial runs (by file name prefix); a tutorial not listed here
+# is taken to run every assignment's
+TUTORIAL_RUNS = {"01": ("engine",)}
 
 
-def targets_by_file(keep=()):
-    """{package-relative path: [Target]} over every assignment not named in `keep`."""
+def course(assign=None, solutions=(), hints=None, course_file=None):
+    """{"blank": [...], "solutions": [...], "hints": ...}: what a release leaves blank, in course
+    order. `course_file` (JSON with any of the keys "assign", "solutions", "hints") gives the
+    defaults; arguments that are given win. Unknown names are a SystemExit listing the real ones."""
+    settings = json.loads(Path(course_file).read_text()) if course_file else {}
+    unknown = set(settings) - {"assign", "solutions", "hints"}
+    if unknown:
+        raise SystemExit(f"{course_file}: unknown keys {sorted(unknown)}; a course file may give "
+                         "assign, solutions and hints")
+    names = list(all_assignments())
+    assign = assign if assign else settings.get(
+        "assign", [n for n in names if n not in NOT_ASSIGNED_BY_DEFAULT])
+    solutions = list(solutions) or settings.get("solutions", [])
+    hints = hints or settings.get("hints", DEFAULT_HINTS)
+    if hints not in HINTS:
+        raise SystemExit(f"hints must be one of {', '.join(HINTS)}, got {hints!r}")
+    for name in [*assign, *solutions]:
+        get(name)
+    return {"blank": [n for n in names if n in assign and n not in solutions],
+            "solutions": [n for n in names if n in solutions], "hints": hints}
+
+
+def targets_by_file(blank):
+    """{package-relative path: [Target]} over the assignments in `blank`."""
     found = {}
-    for assignment in all_assignments().values():
-        if assignment.name in keep:
-            continue
-        for target in assignment.targets:
+    for name in blank:
+        for target in get(name).targets:
             found.setdefault(source_path(target.file), []).append(target)
     return found
 
 
-def release_package(out, keep=()):
-    """Write the student copy of the package into out/minires, the solutions of the assignments
-    in `keep` left in (a later release, once their deadline has passed); returns the files
-    stubbed."""
-    out = Path(out)
-    destination = out / "minires"
-    if destination.exists():
-        raise SystemExit(f"{destination} already exists; choose an empty --out")
+def release_package(out, blank, hints=DEFAULT_HINTS):
+    """Write the student copy of the package into out/minires, the assignments in `blank` stubbed;
+    returns the files stubbed."""
+    destination = Path(out) / "minires"
     shutil.copytree(PACKAGE_DIR, destination,
                     ignore=shutil.ignore_patterns("__pycache__", *SOLUTION_FOLDERS))
+    for folder in SOLUTION_FOLDERS:
+        (destination / folder).mkdir()
+        (destination / folder / "__init__.py").write_text(ABSENT_FOLDER.format(folder=folder))
     stubbed = []
-    for relative, targets in targets_by_file(keep).items():
+    for relative, targets in targets_by_file(blank).items():
         path = destination / relative
-        path.write_text(stub_source(path.read_text(), targets, relative, keep_markers=True))
+        path.write_text(stub_source(path.read_text(), targets, relative, keep_markers=True,
+                                    hints=hints))
         stubbed.append(relative)
-    (destination / RELEASE_MARK).write_text(
-        "This is a student release of minires: every solution body of the assignments ("
-        + ", ".join(sorted(stubbed)) + ") is a TODO, and minires/fast/ is not included.\n")
+    (destination / RELEASE_MARK).write_text(handout.release_note(blank, stubbed))
+    kept = destination / HANDED_OUT
+    kept.mkdir()
+    for filename in {f for name in blank for f in get(name).files}:
+        (kept / filename).write_text(absolute_source(filename, destination))
     return stubbed
 
 
-def mark_needing_solutions(source_root, out):
-    """Copy tests/ and tutorials/ (beside the package, when there), each file marked."""
-    for folder, mark in (("tests", _mark_test), ("tutorials", _mark_tutorial)):
-        if not (source_root / folder).is_dir():
-            continue
-        shutil.copytree(source_root / folder, out / folder,
-                        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
-        for path in (out / folder).rglob("*.py"):
-            path.write_text(mark(path.name, path.read_text()))
+def copy_tutorials(source_root, out, blank):
+    """tutorials/ beside the package, with a note (after the jupytext header) in each tutorial
+    that runs a blank assignment's code."""
+    if not (source_root / "tutorials").is_dir():
+        return
+    shutil.copytree(source_root / "tutorials", out / "tutorials",
+                    ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+    for path in sorted((out / "tutorials").glob("[0-9]*.py")):
+        runs = TUTORIAL_RUNS.get(path.name[:2], tuple(all_assignments()))
+        needed = [name for name in blank if name in runs]
+        if needed:
+            path.write_text(after_header(path.read_text(), handout.tutorial_note(needed)))
 
 
-def _mark_test(name, text):
-    if not name.startswith("test_"):
-        return text
-    return TEST_SKIP + text
+def after_header(text, cell):
+    """`text` (a jupytext percent script) with `cell` inserted right after its header."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "# ---":
+        return cell + "\n" + text
+    end = next(i for i in range(1, len(lines)) if lines[i].strip() == "# ---")
+    return "".join(lines[:end + 1]) + "\n" + cell + "".join(lines[end + 1:])
 
 
-def _mark_tutorial(name, text):
-    return TUTORIAL_NOTE + text
-
-
-def release(out, keep=()):
-    """The whole student release in `out`: package, marked tests and tutorials."""
-    for name in keep:
-        get(name)  # a clear error for an unknown name
+def release(out, assign=None, solutions=(), hints=None, course_file=None):
+    """The whole student copy in `out`; returns the package files stubbed. Raises RuntimeError
+    (leaving `out` for inspection) if a file in it holds a blank assignment's reference body."""
+    plan = course(assign, solutions, hints, course_file)
+    source_root = PACKAGE_DIR.parent
+    if not (source_root / "pyproject.toml").is_file():
+        raise SystemExit(f"release copies minires' source checkout (pyproject.toml, tutorials/ "
+                         f"beside the package); {source_root} has no pyproject.toml")
     out = Path(out)
+    if (out / "minires").exists():
+        raise SystemExit(f"{out / 'minires'} already exists; choose an empty --out")
     out.mkdir(parents=True, exist_ok=True)
-    stubbed = release_package(out, keep)
-    mark_needing_solutions(PACKAGE_DIR.parent, out)
+    stubbed = release_package(out, plan["blank"], plan["hints"])
+    copy_tutorials(source_root, out, plan["blank"])
+    pyproject = (source_root / "pyproject.toml").read_text()
+    files = {"pyproject.toml": pyproject, "README.md": handout.student_readme(plan, pyproject),
+             "tests/test_my_minires.py": handout.PUBLIC_TEST,
+             "course.json": json.dumps(plan, indent=2) + "\n"}
+    for name in plan["blank"]:
+        files[f"assignments/{name}.md"] = handout.assignment_page(get(name))
+        files.update({f"assignments/{f}": text for f, text in handout.extras(name).items()})
+    for relative, text in files.items():
+        (out / relative).parent.mkdir(parents=True, exist_ok=True)
+        (out / relative).write_text(text)
+    leaks = find_leaks(out, plan["blank"])
+    if leaks:
+        raise RuntimeError("the student copy in {} holds reference solutions: {}".format(
+            out, "; ".join(f"{f} ({where}, ratio {ratio})" for f, where, ratio in leaks)))
     return stubbed
 
 

@@ -181,27 +181,34 @@ def plus_one_split_cases(rng):
 RELU_FORWARD_DOC = """
 TODO: y = max(x, 0), elementwise.
 
-x: any shape. Returns y with x's shape and dtype. Save on self what backward needs.
+x: any shape. Returns y with x's shape and dtype; relu(-inf) = 0 and relu(inf) = inf (a product
+with the 0/1 mask, x * [x > 0], gives -inf * 0 = NaN at x = -inf). Save on self what backward
+needs.
 """
 
 RELU_BACKWARD_DOC = """
-TODO: dx = gy * [x > 0], elementwise, given gy = dL/dy (x's shape).
+TODO: dx = gy where x > 0, and 0 where x <= 0, elementwise, given gy = dL/dy (x's shape).
 
-The derivative at exactly x = 0 is taken as 0, as in PyTorch. Returns dx (one array).
+The derivative at exactly x = 0 is taken as 0, as in PyTorch. Returns dx (one array, gy's shape
+and dtype). dx must be 0 wherever x <= 0, even where gy is inf or -inf: select between gy and 0
+with the mask [x > 0] kept from forward; do not multiply by it (gy * [x > 0] gives inf * 0 = NaN
+where an infinite gy meets x <= 0).
 """
 
 ADD_FORWARD_DOC = """
 TODO: y = shortcut + branch.
 
-shortcut, branch: the same shape (check() has made sure). Returns y of that shape.
+shortcut, branch: the same shape (check() has made sure). Returns y of that shape, in a new
+array (the inputs stay as they were).
 """
 
 ADD_BACKWARD_DOC = """
 TODO: the gradients with respect to both inputs, given gy = dL/dy.
 
-y = shortcut + branch, so dy/dshortcut = dy/dbranch = 1 (elementwise). This is the "+1" of a
-residual block: through an identity shortcut, dL/dx = dL/dy (1 + dF/dx).
 Returns (dshortcut, dbranch), each of gy's shape.
+
+Math: y = shortcut + branch, so dy/dshortcut = dy/dbranch = 1 (elementwise). This is the "+1"
+of a residual block: through an identity shortcut, dL/dx = dL/dy (1 + dF/dx).
 """
 
 PAD_BACKWARD_DOC = """
@@ -209,9 +216,13 @@ TODO: dx for the option-A shortcut y = pad_channels(x), given gy = dL/dy.
 
 Forward: y[:, before + c, i, j] = x[:, c, s*i, s*j] for the C channels of x (s = stride,
 before = self.before zero channels in front), and y is 0 in every other channel.
-So dL/dx[:, c, s*i, s*j] = gy[:, before + c, i, j], and dL/dx = 0 at every pixel the stride
+self.x_shape and self.before were saved by forward. Returns dx of x's shape (gy's dtype).
+
+Shapes: gy: (N, C_out, ceil(H / s), ceil(W / s)); dx starts as zeros of x's shape, and only
+the pixels the forward copied (every s-th row and column) receive anything.
+
+Math: dL/dx[:, c, s*i, s*j] = gy[:, before + c, i, j], and dL/dx = 0 at every pixel the stride
 skipped: the padded channels and the skipped pixels send no gradient back.
-self.x_shape and self.before were saved by forward. Returns dx of x's shape.
 """
 
 BLOCK_BACKWARD_DOC = """
@@ -220,15 +231,20 @@ TODO: every gradient of the block, op by op in reverse, given gy = dL/dy.
 y = relu2(add(shortcut(x), F(x))),  F = bn2(conv2(relu1(bn1(conv1(x))))). ops holds each op as
 block_forward ran it ("conv1", "bn1", "relu1", "conv2", "bn2", "shortcut" (None: identity),
 "add", "relu2"); op.backward(g) gives its input gradient(s) (conv: (dx, dw); batch norm:
-(dx, dgamma, dbeta); add: (dshortcut, dbranch)). Chain rule, from the output back:
+(dx, dgamma, dbeta); add: (dshortcut, dbranch)).
+Returns {"dx", "dx_shortcut", "dx_branch", "dw1", "dgamma1", "dbeta1", "dw2", "dgamma2",
+"dbeta2"}: dx_shortcut and dx_branch are the parts of dx that come back through the shortcut and
+through the branch F, and dx is their sum.
+
+Shapes: every gradient has the shape of what it is the gradient of; gy and the add's gradients
+have y's shape, dx_shortcut and dx_branch x's.
+
+Math: the chain rule, from the output back:
 
     g = relu2'(gy);  (g_s, g_b) = add'(g) = (g, g)
     branch: g_b through bn2, conv2, relu1, bn1, conv1 -> dx_branch = (dF/dx)^T g
     shortcut: dx_shortcut = g_s (identity), or pad_channels' backward of g_s (option A)
     dx = dx_shortcut + dx_branch          (identity: dL/dx = g (1 + dF/dx), the "+1")
-
-Returns {"dx", "dx_shortcut", "dx_branch", "dw1", "dgamma1", "dbeta1", "dw2", "dgamma2",
-"dbeta2"}.
 """
 
 SCRIPT = '''"""Assignment 3, last step: plain vs residual networks on YOUR relu and residual add.

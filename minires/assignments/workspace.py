@@ -8,6 +8,11 @@ every target's docstring is replaced by the assignment's (shapes and math), and 
 function's solution body, the lines from `# BEGIN SOLUTION` to `# END SOLUTION`, becomes
 `raise NotImplementedError("TODO: ...")`. With `with_solutions` (the teacher's copy) the bodies
 stay, which is how the tests check that the reference scores full marks.
+
+How much a stub's docstring gives is the teacher's choice, `hints`: a target's doc is paragraphs;
+those that begin with "Shapes:" (the intermediate shapes, the plan) are kept at `shapes` and
+`full`, those that begin with "Math:" (the formulas, line by line) at `full` only, and the rest
+(what to compute, the shapes in and out) always.
 """
 import ast
 import importlib.util
@@ -22,6 +27,9 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SOURCES = {"autograd.py": "autograd.py",              # the engine (assignment 0)
            "block.py": "assignments/block.py"}        # a BasicBlock by hand (assignment 3)
 BEGIN, END = "# BEGIN SOLUTION", "# END SOLUTION"
+HINTS = ("none", "shapes", "full")  # how much of a target's doc a stub gives (module docstring)
+DEFAULT_HINTS = "shapes"
+_HINT_LEVEL = {"Shapes:": "shapes", "Math:": "full"}
 MANIFEST = "assignment.json"
 _RELATIVE_IMPORT = re.compile(r"^(\s*from\s+)(\.+[\w.]*)(\s+import\b)", re.MULTILINE)
 
@@ -67,6 +75,17 @@ def _docstring_node(node):
     return None
 
 
+def doc_for(doc, hints=DEFAULT_HINTS):
+    """The paragraphs of a target's doc that a stub gives at `hints` (none, shapes or full)."""
+    if hints not in HINTS:
+        raise ValueError(f"hints must be one of {', '.join(HINTS)}, got {hints!r}")
+    paragraphs = re.split(r"\n[ \t]*\n", textwrap.dedent(doc).strip())
+    kept = [p for p in paragraphs
+            if HINTS.index(_HINT_LEVEL.get(p.split(None, 1)[0], "none"))
+            <= HINTS.index(hints)]
+    return "\n\n".join(kept)
+
+
 def _render_docstring(doc, indent):
     lines = textwrap.dedent(doc).strip().splitlines()
     if len(lines) == 1:
@@ -90,10 +109,10 @@ def _solution_span(lines, node, where):
     return begins[0], ends[0]
 
 
-def stub_source(source, targets, filename, keep_markers=False):
-    """`source` with each target's docstring replaced and each target function's solution body
-    turned into a TODO stub (between the markers, with `keep_markers`, as the student release
-    keeps them). Raises ValueError naming a target that is missing or unmarked."""
+def stub_source(source, targets, filename, keep_markers=False, hints=DEFAULT_HINTS):
+    """`source` with each target's docstring replaced (by the paragraphs of its doc that `hints`
+    gives) and each target function's solution body turned into a TODO stub (between the markers,
+    with `keep_markers`). Raises ValueError naming a target that is missing or unmarked."""
     lines = source.splitlines(keepends=True)
     nodes = _definitions(ast.parse(source))
     edits = []  # (first line index, last line index, replacement lines)
@@ -111,35 +130,43 @@ def stub_source(source, targets, filename, keep_markers=False):
             if keep_markers:
                 stub = [f"{indent}{BEGIN}\n", *stub, f"{indent}{END}\n"]
             if doc_node is None:  # the stub's docstring goes where the solution was
-                stub = _render_docstring(target.doc, indent) + stub
+                stub = _render_docstring(doc_for(target.doc, hints), indent) + stub
             edits.append((first, last, stub))
         elif doc_node is None:
             raise ValueError(f"{where} has no docstring to replace")
         if doc_node is not None:
             edits.append((doc_node.lineno - 1, doc_node.end_lineno - 1,
-                          _render_docstring(target.doc, " " * doc_node.col_offset)))
+                          _render_docstring(doc_for(target.doc, hints),
+                                            " " * doc_node.col_offset)))
     for first, last, replacement in sorted(edits, reverse=True):
         lines[first:last + 1] = replacement
     return "".join(lines)
 
 
-def workspace_source(filename, targets, with_solutions=False):
-    """The student's copy of minires' <filename>."""
+def absolute_source(filename, package_dir=PACKAGE_DIR):
+    """minires' <filename> as found in `package_dir`, its relative imports made absolute: what a
+    workspace file, or a submission gathered from a student copy, holds."""
     package = reference_module_name(filename).rpartition(".")[0]
-    source = rewrite_imports(reference_path(filename).read_text(), package)
+    return rewrite_imports((Path(package_dir) / source_path(filename)).read_text(), package)
+
+
+def workspace_source(filename, targets, with_solutions=False, hints=DEFAULT_HINTS):
+    """The student's copy of minires' <filename>."""
+    source = absolute_source(filename)
     if with_solutions:
         return source
-    return stub_source(source, [t for t in targets if t.file == filename], filename)
+    return stub_source(source, [t for t in targets if t.file == filename], filename, hints=hints)
 
 
-def make_workspace(name, out, with_solutions=False, force=False):
+def make_workspace(name, out, with_solutions=False, force=False, hints=DEFAULT_HINTS):
     """Write assignment `name`'s workspace into directory `out`; returns the paths written.
 
     Refuses to overwrite an existing file (a student's work) unless `force`.
     """
     assignment = get(name)
     out = Path(out)
-    files = {f: workspace_source(f, assignment.targets, with_solutions) for f in assignment.files}
+    files = {f: workspace_source(f, assignment.targets, with_solutions, hints)
+             for f in assignment.files}
     files.update(assignment.extras)
     files["README.md"] = readme(assignment)
     files[MANIFEST] = json.dumps({"assignment": assignment.name,
