@@ -9,6 +9,7 @@ import csv
 import itertools
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -254,17 +255,57 @@ def test_a_nonfinite_loss_stops_before_the_update(tmp_path, device):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_an_update_that_overflows_stops_and_is_never_saved(tmp_path):
+def test_an_update_that_overflows_is_not_applied_and_never_saved(tmp_path):
+    """An update that would make a parameter non-finite is undone on the device; the run stops at
+    the next read, and nothing is written from then on."""
     trainer = make_trainer(seed=0, out_dir=tmp_path)
     trainer.run(max_steps=3)
     written = (tmp_path / "checkpoint.npz").read_bytes()
     trainer.optimizer.param_groups[0]["lr"] = np.inf
-    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 .*the update made "
-                       r"'conv1.weight' non-finite \(lr inf\)"):
+    before = parameters_and_optimizer(trainer)
+    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 .*the update would "
+                       r"make 'conv1.weight' non-finite \(lr inf\), so it was not applied"):
         trainer.run()
-    with pytest.raises(minires.train.DivergenceError, match="not writing .* holds NaN or Inf"):
+    assert_same(parameters_and_optimizer(trainer), before)
+    with pytest.raises(minires.train.DivergenceError, match="not writing .*training diverged"):
         trainer.save()
     assert (tmp_path / "checkpoint.npz").read_bytes() == written
+
+
+def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch):
+    """The guard reads the gradients, not only the loss: one infinite gradient entry (the loss
+    finite) and the parameters and optimizer state stay exactly as they were."""
+    trainer = make_trainer(seed=0, sync_every=1)
+    trainer.run(max_steps=2)
+    before = parameters_and_optimizer(trainer)
+    backward = minires.Tensor.backward
+
+    def backward_then_poison(self, *args, **kwargs):
+        backward(self, *args, **kwargs)
+        trainer.model.fc.weight.grad.data[0, 0] = np.inf
+    monkeypatch.setattr(minires.Tensor, "backward", backward_then_poison)
+    with pytest.raises(minires.train.DivergenceError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert "step 3 (batch 3 of 3)" in message
+    assert re.search(r"the loss is \d", message), message  # finite
+    assert "the gradient of 'fc.weight' is the first non-finite one" in message
+    assert_same(parameters_and_optimizer(trainer), before)
+    assert np.isfinite(backend.to_numpy(trainer.model.fc.weight.data)).all()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_guard_is_read_every_sync_every_steps_and_names_the_first_bad_step():
+    """With sync_every=3 a NaN at step 4 is found when the flags are read (end of epoch 2, step
+    6), and the message names step 4; steps 5 and 6 changed nothing either."""
+    trainer = make_trainer(seed=0, sync_every=3, epochs=3)
+    trainer.run(max_steps=3)
+    trainer.model.conv1.weight.data *= 1e38
+    before = parameters_and_optimizer(trainer)
+    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 \(batch 1 of 3\)"):
+        trainer.run()
+    assert trainer.step == 6
+    assert_same(parameters_and_optimizer(trainer), before)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
