@@ -149,7 +149,10 @@ def _atomic_savez(path, arrays):
 def atomic_write(path, write):
     """Call `write(f)` on a new temporary file beside `path`, fsync it, then rename it over `path`.
 
-    Readers see the old file or the new one, never half of one. The temporary file is opened like
+    Readers see the old file or the new one, never half of one (and a reader that opened the old
+    file goes on reading the old file whole: the new one is another file under the same name).
+    An OSError that names no file (a full disk at write or fsync) is raised naming `path`.
+    The temporary file is opened like
     any new file ("x": it must not exist), so the result gets the usual permissions (umask), not
     the owner-only ones of tempfile.mkstemp. Returns `path`.
     """
@@ -161,6 +164,11 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        if err.filename is None and err.strerror:  # a failed write or fsync names no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -145,10 +145,16 @@ def check_writable(folder):
     """Create, fsync and remove a small file in `folder`: the OSError that a later write would
     raise (read-only, full disk, not a folder) comes now, naming the path."""
     probe = Path(folder) / f".minires-write-test.{os.getpid()}"
-    with open(probe, "xb") as f:
-        f.write(b"0" * 4096)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(probe, "xb") as f:
+            f.write(b"0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        probe.unlink(missing_ok=True)
+        if err.filename is None and err.strerror:  # a failed write or fsync names no file
+            raise OSError(err.errno, err.strerror, str(folder)) from None
+        raise
     probe.unlink()
 
 
@@ -157,9 +163,10 @@ def check_can_create(folder):
     ancestor must be a writable folder (a file there is a NotADirectoryError naming it)."""
     folder = Path(folder).absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if existing == folder and not folder.is_dir():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(folder))
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of the output folder",
-                                 str(existing))
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(existing))
     check_writable(existing)
 
 

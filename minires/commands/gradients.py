@@ -58,14 +58,14 @@ def run(args):
         check_can_create(args.out)
     except (ValueError, RuntimeError, OSError) as err:
         raise SystemExit(one_line("gradients", err)) from None
-    try:
-        runs, source = _compare_both_settings(args)
-    except DatasetNotFound as err:  # --data cifar10 without it: one line, and no output folder
-        raise SystemExit(f"minires gradients: {err}") from None
-    except KeyboardInterrupt:
-        return interrupted("gradients", "nothing was written (the files are written once every "
-                                        "net has run); run the command again")
-    with StopRequest() as stop:  # a Ctrl-C now waits until the files are whole
+    with StopRequest() as stop:  # a Ctrl-C stops between two nets (and waits for whole files)
+        try:
+            runs, source = _compare_both_settings(args, stop)
+        except DatasetNotFound as err:  # --data cifar10 without it: one line, no output folder
+            raise SystemExit(f"minires gradients: {err}") from None
+        except KeyboardInterrupt:
+            return interrupted("gradients", "nothing was written (the files are written once "
+                                            "every net has run); run the command again")
         try:
             status = _plot_and_write(args, runs, source)
         except OSError as err:
@@ -75,7 +75,20 @@ def run(args):
     return status
 
 
-def _compare_both_settings(args):
+class _StopBetweenNets:
+    """The progress bar that compare() updates after each net, raising KeyboardInterrupt there
+    once a stop is requested (a net's backward pass is never cut in half)."""
+
+    def __init__(self, bar, stop):
+        self.bar, self.stop = bar, stop
+
+    def update(self, n=1):
+        self.bar.update(n)
+        if self.stop():
+            raise KeyboardInterrupt
+
+
+def _compare_both_settings(args, stop):
     """({batch_norm: compare()'s results} for the settings asked for, the data's name)."""
     from ..inspect import compare
 
@@ -85,7 +98,8 @@ def _compare_both_settings(args):
               unit="net") as bar:
         for batch_norm in settings:
             runs[batch_norm], source = compare(args.depths, batch_norm, args.batch_size,
-                                               args.seed, args.device, args.data, progress=bar,
+                                               args.seed, args.device, args.data,
+                                               progress=_StopBetweenNets(bar, stop),
                                                dtype=args.dtype)
     return runs, source
 
