@@ -6,10 +6,16 @@ Everything runs on the CPU with small networks (cifar_resnet(8)) on small synthe
 whole file takes seconds.
 """
 import csv
+import io
 import itertools
 import json
 import os
 import re
+import struct
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -420,6 +426,13 @@ def tampered(sections, name, value):
      r"scheduler/milestones is \[9\], this trainer's is \[1\]"),
     ("optimizer/param_groups.0.momentum", np.float64(0.5),
      "optimizer/param_groups.0.momentum is 0.5, this trainer's is 0.9"),
+    ("optimizer/param_groups.0.lr", np.float64(5.0), r"optimizer/param_groups.0.lr is 5.0, but "
+                                                     r"the run's settings give 0.005\d* after 1 "
+                                                     r"epoch"),
+    ("model/bn1.running_var", np.full(16, -1e6, np.float32),
+     r"model/bn1.running_var holds a negative variance \(-1e\+06\)"),
+    ("model/bn1.running_mean", np.full(16, np.nan, np.float32),
+     "model/bn1.running_mean holds NaN or Inf"),
     ("optimizer/state.0.momentum_buffer", np.zeros(2, np.float32),
      r"optimizer: SGD.load_state_dict: state.0.momentum_buffer has shape \(2,\)"),
     ("loader/rng_has_uint32", np.int64(5), "loader: DataLoader.load_state_dict: rng_has_uint32 "
@@ -438,6 +451,125 @@ def test_every_field_is_checked_and_a_bad_one_changes_nothing(saved_sections, na
     assert_same(snapshot(trainer), before)
     trainer.load_state_dict(saved_sections)  # the untouched sections load
     assert (trainer.epoch, trainer.batch, trainer.step) == (1, 1, 4)
+
+
+def test_the_size_check_lets_a_good_checkpoint_through(saved_sections, tmp_path):
+    """member_check passes every member of a real checkpoint (it refuses only what is larger
+    than a checkpoint of this model can hold)."""
+    path = save_checkpoint(tmp_path / "ck.npz", **saved_sections)
+    trainer = make_trainer(seed=3)
+    trainer.load(path)
+    assert (trainer.epoch, trainer.batch, trainer.step) == (1, 1, 4)
+
+
+def deflated_zeros(npy_header, chunks, chunk=1 << 24):
+    """A raw deflate stream of `npy_header` and `chunks` * `chunk` zero bytes, built in well under
+    a second: one compressed chunk, full-flushed (no reference back), repeated."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = head.compress(npy_header) + head.flush(zlib.Z_FULL_FLUSH)
+    zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = zeros.compress(bytes(chunk)) + zeros.flush(zlib.Z_FULL_FLUSH)
+    return stream + block * chunks + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+
+
+def add_bomb(source, target, name, gib=2):
+    """Copy the checkpoint `source` to `target` with member `name` (replaced or added) declaring
+    `gib` GiB of float64 zeros, deflated to a few MB: a zip bomb in a checkpoint's clothing."""
+    chunks = gib * 64
+    shape = (chunks * (1 << 24) // 8,)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": shape})
+    header = header.getvalue()
+    data = deflated_zeros(header, chunks)
+    crc = zlib.crc32(header)
+    zero_chunk = bytes(1 << 24)
+    for _ in range(chunks):
+        crc = zlib.crc32(zero_chunk, crc)
+    member = f"{name}.npy"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            if info.filename != member:
+                new.writestr(info, old.read(info))
+        new.writestr(zipfile.ZipInfo(member), data)  # stored; the headers are patched below
+    raw = bytearray(Path(target).read_bytes())
+    size = len(header) + chunks * (1 << 24)
+    for signature, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        name_at = 30 if signature == b"PK\x03\x04" else 46
+        start = 0
+        while True:
+            start = raw.index(signature, start)
+            if raw[start + name_at:start + name_at + len(member)] == member.encode():
+                break
+            start += 1
+        struct.pack_into("<H", raw, start + method_at, zipfile.ZIP_DEFLATED)
+        struct.pack_into("<III", raw, start + method_at + 6, crc, len(data), size)
+    Path(target).write_bytes(bytes(raw))
+    return size
+
+
+@pytest.mark.parametrize("name", ["model/fc.weight", "optimizer/state.0.momentum_buffer",
+                                  "meta/extra"])
+def test_a_zip_bomb_is_refused_from_its_headers(saved_sections, tmp_path, name):
+    """A 2 GiB member in a checkpoint of a few MB: refused from the zip and .npy headers, naming
+    the member, without inflating it (memory measured with tracemalloc)."""
+    good = save_checkpoint(tmp_path / "good.npz", **saved_sections)
+    bomb = tmp_path / "bomb.npz"
+    declared = add_bomb(good, bomb, name)
+    assert declared > 2 ** 31 and bomb.stat().st_size < 5 * 2 ** 20
+    with zipfile.ZipFile(bomb) as archive:  # a real bomb: zipfile inflates it without complaint
+        with archive.open(f"{name}.npy") as member:
+            assert member.read(1 << 20)[-1:] == b"\x00"
+    trainer = make_trainer(seed=3)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=rf"{re.escape(name)} declares float64 of shape "
+                                                  r"\(268435456,\) \(2147483648 bytes\)"):
+            trainer.load(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB allocated while refusing"
+    assert trainer.step == 0
+
+
+def test_an_npy_header_that_lies_about_its_size_is_refused(saved_sections, tmp_path):
+    """A member whose .npy header declares more data than the zip says it holds: refused."""
+    good = save_checkpoint(tmp_path / "good.npz", **saved_sections)
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(forged, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "meta/epoch.npy":
+                data = data.replace(b"'shape': ()", b"'shape': (9999,)")
+            new.writestr(info, data)
+    with pytest.raises(CheckpointError, match=r"meta/epoch declares int64 of shape \(9999,\)"):
+        load_checkpoint(forged)
+
+
+def test_a_reader_of_the_old_checkpoint_keeps_the_old_file(tmp_path):
+    """The atomic write makes a new file under the old name: a reader that opened the old one
+    goes on reading it whole (a copy over the old file would change it under the reader)."""
+    trainer = make_trainer(seed=0, out_dir=tmp_path)
+    trainer.run(max_steps=1)
+    path = tmp_path / "checkpoint.npz"
+    old_bytes = path.read_bytes()
+    with open(path, "rb") as reader:
+        head = reader.read(100)
+        trainer.run(max_steps=2)          # writes the checkpoint again
+        rest = reader.read()
+    assert head + rest == old_bytes
+    assert path.read_bytes() != old_bytes
+    assert load_checkpoint(path)["meta"]["step"] == 2
+
+
+def test_other_data_sizes_are_refused_on_resume(tmp_path):
+    make_trainer(seed=0, out_dir=tmp_path).run(max_steps=1)
+    other = make_trainer(seed=0, data=synthetic_cifar(64, 32, image_size=16, seed=0))
+    with pytest.raises(minires.train.SettingsChanged) as err:
+        other.load(tmp_path / "checkpoint.npz")
+    assert "test_size: 16 in the checkpoint, 32 now" in str(err.value)
+    assert "train_size: 48 in the checkpoint, 64 now" in str(err.value)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
