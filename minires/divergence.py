@@ -38,10 +38,12 @@ class DivergenceGuard:
         optimizer state so that `after_update` can undo the update."""
         xp = backend.xp(loss)
         finite = xp.isfinite(loss)
+        no_grad = finite | True  # a True on the device: a parameter without a gradient is fine
         buffers = dict(self.model.named_buffers())
-        self._flags = [finite] + [finite | True if p.grad is None else xp.isfinite(p.grad.data).all()
-                                  for p in self.parameters] + [
-            xp.isfinite(buffers[name]).all() for name in self.buffer_names]
+        self._flags = ([finite]
+                       + [no_grad if p.grad is None else xp.isfinite(p.grad.data).all()
+                          for p in self.parameters]
+                       + [xp.isfinite(buffers[name]).all() for name in self.buffer_names])
         self._loss = loss
         self._saved = [(a, a.copy()) for a in self._updated_arrays()]
 

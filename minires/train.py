@@ -433,7 +433,8 @@ def _check_counts(epochs, checkpoint_every, steps_per_epoch, sync_every, batches
     """Refuse counts that would make the loop do nonsense (a ValueError naming the argument), and
     loaders that yield nothing, when the Trainer is built rather than after an epoch."""
     for name, value, low in (("epochs", epochs, 0), ("checkpoint_every", checkpoint_every, 1),
-                             ("steps_per_epoch", steps_per_epoch, 1), ("sync_every", sync_every, 1)):
+                             ("steps_per_epoch", steps_per_epoch, 1),
+                             ("sync_every", sync_every, 1)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ValueError(f"Trainer: {name} must be an integer >= {low}, got {value!r}")
     if batches_per_epoch < 1:

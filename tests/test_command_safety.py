@@ -14,11 +14,9 @@
 The commands run with cifar_resnet(8) on a few synthetic images; the subprocess tests take a few
 seconds each.
 """
-import contextlib
 import csv
 import errno
 import fcntl
-import io
 import json
 import os
 import random
@@ -280,7 +278,8 @@ def test_a_full_disk_is_one_line(tmp_path, monkeypatch):
     out = tmp_path / "grads"
     message = refusal("gradients", "--depths", "8", "--batch-size", "4", "--data", "synthetic",
                       "--out", str(out))
-    assert message == f"minires gradients: cannot write {out / 'layers.csv'}: No space left on device"
+    assert message == (f"minires gradients: cannot write {out / 'layers.csv'}: No space left on "
+                       "device")
 
 
 def test_a_full_disk_in_training_is_one_line(tmp_path, monkeypatch):
