@@ -13,13 +13,16 @@ An output folder belongs to one run at a time:
 - **Never replaced silently.** A folder with a run's files is refused unless the command resumes
   it (`--resume`) or `--overwrite` moves the old files into ``<out>/replaced-<UTC time>/``
   (nothing is deleted).
-- **Writable before any work**: a file is created and removed there first, so a read-only folder,
-  a file where the folder should be, or a full disk is one line at the start, not after an epoch.
+- **Writable before any work**: a file is created, fsynced and removed there first
+  (`check_writable`), so a read-only folder, a file where the folder should be, or a full disk is
+  one line at the start, not after an epoch. `check_can_create` does the same for a command that
+  makes its folder only at the end (`gradients`): it probes the nearest existing ancestor.
 
 `one_line(command, err)` turns an OSError into "minires <command>: cannot write <path>: <why>";
 `StopRequest` makes the first Ctrl-C a request that a training loop honours between steps (it
 saves, then stops), and a second one an immediate KeyboardInterrupt; `INTERRUPTED` (130) is the
 exit status of a command stopped by Ctrl-C, as a shell reports a process killed by SIGINT.
+`checkpoint_counters(path)` reads a checkpoint's step for the messages, every member capped.
 """
 import argparse
 import contextlib
