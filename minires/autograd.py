@@ -107,9 +107,9 @@ class Tensor:
 
     def to(self, device):
         """This tensor on `device` ('cpu' or 'cuda'); differentiable, like torch's .to."""
-        from .ops.shape import to_device
+        from .ops.shape import to
 
-        return to_device(self, device)
+        return to(self, device)
 
     def astype(self, dtype):
         return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)

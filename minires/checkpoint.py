@@ -54,8 +54,13 @@ def save_checkpoint(path, **sections):
     return path
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, check_member=None):
     """Read a checkpoint into {section: {key: array}}; 0-d arrays come back as NumPy scalars.
+
+    Before any array is inflated, every member's .npy header is read from the zip (a few hundred
+    bytes) and its declared shape and dtype must account for exactly the size the zip's headers
+    declare; `check_member(name, shape, dtype)`, if given, may then refuse it (a CheckpointError)
+    on its shape, so that a small file declaring a huge array costs neither time nor memory.
 
     Raises FileNotFoundError for a missing file and CheckpointError for anything that is not a
     minires checkpoint (another .npz, a pickle, a truncated file, an array of Python objects).
@@ -63,6 +68,9 @@ def load_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    for name, shape, dtype in _declared_arrays(path):
+        if check_member is not None:
+            check_member(name, shape, dtype)
     arrays = _read_npz(path)
     if FORMAT_KEY not in arrays or str(arrays.pop(FORMAT_KEY)) != FORMAT:
         raise CheckpointError(f"{path} is an .npz file but not a minires checkpoint "
@@ -74,6 +82,50 @@ def load_checkpoint(path):
         section, key = name.split("/", 1)
         sections.setdefault(section, {})[key] = value[()] if value.ndim == 0 else value
     return sections
+
+
+def _declared_arrays(path):
+    """[(name, shape, dtype)] of every .npy member of the zip at `path`, from the headers only.
+
+    A member whose header's shape and dtype do not add up to its declared uncompressed size, or
+    that holds Python objects, is a CheckpointError: np.load would only find out by inflating it.
+    """
+    declared = []
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                name = info.filename[:-len(".npy")]
+                with archive.open(info) as member:
+                    shape, dtype, offset = _npy_header(member)
+                if dtype.hasobject:
+                    raise CheckpointError(f"{path}: {name} holds Python objects, which need "
+                                          "pickle; checkpoints hold only arrays and are loaded "
+                                          "with allow_pickle=False")
+                size = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if size != info.file_size:
+                    raise CheckpointError(
+                        f"{path}: {name} declares {dtype} of shape {shape} ({size} bytes) in a "
+                        f"member of {info.file_size} bytes; the file is damaged or forged")
+                declared.append((name, shape, dtype))
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path} is not a readable minires checkpoint: "
+                              f"{str(err).rstrip('.')}") from err
+    return declared
+
+
+def _npy_header(stream):
+    """(shape, dtype, bytes before the data) of the .npy file that `stream` starts with."""
+    version = np.lib.format.read_magic(stream)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    if version not in readers:
+        raise ValueError(f".npy format version {version} is not one minires writes")
+    shape, _, dtype = readers[version](stream)
+    return tuple(shape), dtype, stream.tell()
 
 
 def _flatten(section, values):
@@ -97,7 +149,10 @@ def _atomic_savez(path, arrays):
 def atomic_write(path, write):
     """Call `write(f)` on a new temporary file beside `path`, fsync it, then rename it over `path`.
 
-    Readers see the old file or the new one, never half of one. The temporary file is opened like
+    Readers see the old file or the new one, never half of one (and a reader that opened the old
+    file goes on reading the old file whole: the new one is another file under the same name).
+    An OSError that names no file (a full disk at write or fsync) is raised naming `path`.
+    The temporary file is opened like
     any new file ("x": it must not exist), so the result gets the usual permissions (umask), not
     the owner-only ones of tempfile.mkstemp. Returns `path`.
     """
@@ -109,6 +164,11 @@ def atomic_write(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(temp, path)
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        if err.filename is None and err.strerror:  # a failed write or fsync names no file
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

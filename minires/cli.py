@@ -9,10 +9,12 @@ Each subcommand lives in its own module, which defines the same two functions:
     run(args) -> int        do the work, return the exit code; raise SystemExit("message") for a
                             user error (a bad option value, missing data), so no traceback shows
 
+The command modules sit together in minires/commands/ (train, degradation, gradients; the
+classroom's `assignment` command is minires/assignments/cli.py, beside the code it drives).
 Adding a subcommand is one line in SUBCOMMANDS below, for example
-    Command("report", "minires.report", "write a report"),
+    Command("report", "minires.commands.report", "write a report"),
 Modules are imported lazily: `minires --help` imports none of them, `minires train ...` imports
-only minires.train_command (and what it uses).
+only minires.commands.train (and what it uses).
 """
 import argparse
 import contextlib
@@ -32,12 +34,12 @@ class Command(NamedTuple):
 
 
 SUBCOMMANDS = (
-    Command("gradients", "minires.inspect.command",
+    Command("gradients", "minires.commands.gradients",
             "plain vs residual gradient norms per layer and the +1 split, at initialisation"),
-    Command("train", "minires.train_command",
+    Command("train", "minires.commands.train",
             "train a network on CIFAR-10 or synthetic data (the paper's recipe by default)",
             trains=True),
-    Command("degradation", "minires.degradation.command",
+    Command("degradation", "minires.commands.degradation",
             "Figure 6: plain vs residual nets trained at each depth (resumable)", trains=True),
     Command("assignment", "minires.assignments.cli",
             "classroom assignments: list them, make a student workspace, grade one"),
@@ -68,17 +70,6 @@ def process_for_training():
         return contextlib.nullcontext()
     from .fast.threads import one_blas_thread_for_this_process
     return one_blas_thread_for_this_process()
-
-
-def count_at_least(low):
-    """An argparse type: an integer >= low (argparse prints the error and the usage)."""
-    def count(text):
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
-        return value
-    count.__name__ = f"integer >= {low}"
-    return count
 
 
 def build_parser(chosen=None):

@@ -30,7 +30,7 @@ from .ops.linalg import linear, matmul
 from .ops.loss import cross_entropy, log_softmax
 from .ops.reduction import max, mean, sum
 from .ops.residual import pad_channels
-from .ops.shape import concat, flatten, getitem, pad, reshape, to_device, transpose
+from .ops.shape import concat, flatten, getitem, pad, reshape, to, transpose
 
 try:  # the speed layer is optional: a student build of the package leaves the folder out
     from .fast import conv as _fast_conv
@@ -117,7 +117,7 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log",
     "relu", "sigmoid", "tanh",
     "sum", "mean", "max",
-    "reshape", "transpose", "getitem", "pad", "concat", "flatten", "to_device",
+    "reshape", "transpose", "getitem", "pad", "concat", "flatten", "to",
     "matmul", "linear",
     "conv2d", "im2col", "col2im", "max_pool2d", "avg_pool2d", "global_avg_pool2d",
     "batch_norm", "log_softmax", "cross_entropy",

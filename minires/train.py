@@ -1,5 +1,6 @@
 """Training: one step, one evaluation, and a Trainer with a progress bar, metrics, checkpoints,
-exact resume and a divergence guard. (The `minires train` command is minires/train_command.py.)
+exact resume and a divergence guard. (The `minires train` command is minires/commands/train.py;
+checking a checkpoint is minires/checkpoint_checks.py, the guard minires/divergence.py.)
 
 The pieces, from small to large:
 
@@ -30,21 +31,29 @@ What a Trainer guarantees:
   SettingsChanged naming each one, old and new. `allow_changes=("epochs",)` lets the number of
   epochs change (the schedule stays the one in the checkpoint), a device change is allowed, and the
   next metrics row notes either.
-- **Every field is checked on load** (types, ranges, shapes, which model it belongs to): a bad file
-  is a one-line CheckpointError naming the field, and the trainer is left as it was. No value in a
-  file can make the loop run backwards or forever.
-- **A divergence guard.** A non-finite loss or gradient stops the run before the update with a
-  DivergenceError naming the epoch, the step and the first parameter that went bad; so does a
-  forward pass that makes a buffer (batch norm's running statistics) non-finite, or an update that
-  makes a parameter non-finite. A checkpoint is never written from non-finite state, so the last
-  good one stays. `allow_nonfinite=True` turns all of this off, for studying divergence.
+- **Every field is checked on load** (types, ranges, shapes, which model it belongs to, the
+  optimizer's hyperparameters and scheduled lr, batch norm's running variances >= 0; every array's
+  size from the zip headers before it is read): a bad file is a one-line CheckpointError naming
+  the field, and the trainer is left as it was. No value in a file can make the loop run backwards
+  or forever.
+- **A divergence guard, on the device.** A non-finite loss or gradient, a forward pass that makes
+  a buffer (batch norm's running statistics) non-finite, or an update that would make a parameter
+  non-finite: the update is not applied (a device-side flag, no host sync inside the step), and
+  the flags are read every `sync_every` steps, at the end of an epoch and before any checkpoint,
+  where the run stops with a DivergenceError naming the epoch, the step and the first thing that
+  went bad. The parameters stay as they were before that step, and a checkpoint is never written
+  after it, so the last good one stays. `allow_nonfinite=True` turns all of this off, for
+  studying divergence.
+- **Few host syncs.** The loss and the error count are summed on the device and read once per
+  progress-bar update (every `sync_every` steps) and at the end of an epoch.
+- **A stop when asked.** `should_stop()` (a callable; the commands set it on Ctrl-C) is asked
+  between steps: when it says yes, `run` writes a checkpoint (with an out_dir) and returns.
 """
 import csv
 import io
 import itertools
 import json
 import math
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -53,25 +62,18 @@ from tqdm import tqdm
 from . import backend
 from . import functional as F
 from .autograd import Tensor, no_grad
-from .checkpoint import (CheckpointError, atomic_write, field, load_checkpoint, read_array,
-                         read_float, read_int, remove_stale_temp_files, save_checkpoint, section)
+from .checkpoint import (CheckpointError, atomic_write, load_checkpoint, remove_stale_temp_files,
+                         save_checkpoint)
+from .checkpoint_checks import (CHANGEABLE, METRIC_COLUMNS, SettingsChanged, check_sections,
+                                compare_settings, first_nonfinite, member_check, run_settings,
+                                setting, show)
+from .divergence import DivergenceError, DivergenceGuard
 from .optim import SGD
 from .optim.lr_scheduler import MultiStepLR
+from .plots import plot_learning_curve
 
-COLUMNS = ("epoch", "train_loss", "train_error", "test_error", "lr", "note")
+COLUMNS = METRIC_COLUMNS  # epoch, train_loss, train_error, test_error, lr, note
 CHECKPOINT_NAME = "checkpoint.npz"
-CHANGEABLE = ("epochs",)   # settings that `allow_changes` may let differ on resume
-RECORDED = ("device",)     # settings that may differ on resume without asking (both are noted)
-SECTIONS = ("config", "model", "optimizer", "rng", "loader", "meta", "metrics")
-_COLUMN_KINDS = {"epoch": "iu", "note": "U"}  # the others are floats ("f")
-
-
-class DivergenceError(FloatingPointError):
-    """Training produced a non-finite loss, gradient, parameter or buffer."""
-
-
-class SettingsChanged(ValueError):
-    """A checkpoint's run settings differ from those of the trainer that resumes from it."""
 
 
 # --- one step, one evaluation ------------------------------------------------------------------
@@ -79,15 +81,17 @@ class SettingsChanged(ValueError):
 def train_step(model, optimizer, x, y):
     """One step of `optimizer` on the mean cross-entropy of batch (x, y); returns the loss."""
     loss, _ = _train_batch(model, optimizer, x, y)
-    return loss
+    return float(loss)
 
 
 def evaluate(model, loader):
     """(mean loss, error in %) of `model` over every batch of `loader`.
 
     Runs in eval mode (batch norm uses its running statistics) without recording a graph, then puts
-    the model back in the mode it was in.
+    the model back in the mode it was in. The sums stay on the device until the end.
     """
+    if len(loader) == 0:
+        raise ValueError("evaluate: the loader yields no batches (an empty test set?)")
     was_training = model.training
     model.eval()
     loss_sum, wrong, seen = 0.0, 0, 0
@@ -96,26 +100,28 @@ def evaluate(model, loader):
             for x, y in loader:
                 x, y = _on_device(model, x, y)
                 logits = model(x)
-                loss_sum += F.cross_entropy(logits, y).item() * len(y)
-                wrong += _count_wrong(logits, y)
+                loss_sum = loss_sum + _as_float64(F.cross_entropy(logits, y).data) * len(y)
+                wrong = wrong + _count_wrong(logits, y)
                 seen += len(y)
     finally:
         model.train(was_training)
-    return loss_sum / seen, 100.0 * wrong / seen
+    return float(loss_sum) / seen, 100.0 * int(wrong) / seen
 
 
-def _train_batch(model, optimizer, x, y, before_update=None):
-    """zero_grad, forward, backward, `before_update(loss)`, step; returns (loss, number wrong)."""
+def _train_batch(model, optimizer, x, y, guard=None):
+    """zero_grad, forward, backward, step (guarded by a DivergenceGuard if given); returns
+    (loss, number wrong) as 0-d arrays on the model's device: reading them is up to the caller."""
     x, y = _on_device(model, x, y)
     optimizer.zero_grad()
     logits = model(x)
     loss = F.cross_entropy(logits, y)
     loss.backward()
-    loss_value = loss.item()
-    if before_update is not None:
-        before_update(loss_value)
+    if guard is not None:
+        guard.before_update(loss.data)
     optimizer.step()
-    return loss_value, _count_wrong(logits, y)
+    if guard is not None:
+        guard.after_update()
+    return loss.data, _count_wrong(logits, y)
 
 
 def _on_device(model, x, y):
@@ -126,24 +132,14 @@ def _on_device(model, x, y):
 
 
 def _count_wrong(logits, y):
-    """How many rows of logits (N, K) do not have their largest value at label y (N,)."""
-    return int((logits.data.argmax(axis=1) != y.data).sum())
+    """How many rows of logits (N, K) do not have their largest value at label y (N,): a 0-d
+    integer array on the device."""
+    return (logits.data.argmax(axis=1) != y.data).sum()
 
 
-def _first_nonfinite(named_arrays):
-    """The name of the first floating-point array that holds a NaN or an Inf, else None.
-
-    The per-array flags are stacked before they are read: one device-to-host transfer on a GPU.
-    """
-    names, flags = [], []
-    for name, array in named_arrays:
-        if array.dtype.kind == "f":
-            names.append(name)
-            flags.append(backend.xp(array).isfinite(array).all())
-    if not flags:
-        return None
-    bad = np.flatnonzero(~backend.to_numpy(backend.xp(flags[0]).stack(flags)))
-    return names[bad[0]] if bad.size else None
+def _as_float64(array):
+    """A (0-d) float array in float64, as the loss sums are kept."""
+    return array.astype("float64")
 
 
 # --- the Trainer -------------------------------------------------------------------------------
@@ -156,46 +152,56 @@ class Trainer:
     checkpoint is also written when `run` returns (both only with an `out_dir`). `device` moves the
     model; batches are moved to wherever the model is. `config` ({name: number, string or list of
     numbers}) adds settings to those a resume must share (see the module docstring);
-    `allow_nonfinite` turns the divergence guard off.
+    `allow_nonfinite` turns the divergence guard off. `name` labels the progress bar and the
+    epoch lines ("ResNet-20 epoch 2/8"); `sync_every` is how many steps pass between reads of the
+    device (the guard's flags and the running loss); `should_stop` is asked between steps.
     """
 
     def __init__(self, model, optimizer, train_loader, test_loader, epochs, scheduler=None,
                  out_dir=None, checkpoint_every=1, progress=True, device=None,
-                 steps_per_epoch=None, config=None, allow_nonfinite=False):
+                 steps_per_epoch=None, config=None, allow_nonfinite=False, name=None,
+                 sync_every=10, should_stop=None):
         self.model = model if device is None else model.to(device)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.train_loader, self.test_loader = train_loader, test_loader
         self.epochs, self.checkpoint_every, self.progress = epochs, checkpoint_every, progress
         self.out_dir = None if out_dir is None else Path(out_dir)
         self.allow_nonfinite = allow_nonfinite
+        self.name, self.sync_every, self.should_stop = name, sync_every, should_stop
         self.batches_per_epoch = min(len(train_loader), steps_per_epoch or len(train_loader))
-        _check_counts(epochs, checkpoint_every, steps_per_epoch, self.batches_per_epoch,
-                      len(train_loader))
+        _check_counts(epochs, checkpoint_every, steps_per_epoch, sync_every,
+                      self.batches_per_epoch, len(train_loader), len(test_loader))
         self.epoch = 0           # epochs completed
         self.step = 0            # optimizer steps taken
         self.batch = 0           # batches done in the current epoch
         self.history = []        # one {column: value} per completed epoch
-        self._sums = (0.0, 0, 0)  # the current epoch's (loss * batch size, wrong, seen)
+        self._sums = (0.0, 0, 0)  # the current epoch's (loss * batch size, wrong, seen); the first
+        #                           two are 0-d device arrays while an epoch runs
         self._epoch_start = None  # the loader's state when the current epoch began
         self._note = ""           # goes into the next metrics row: settings a resume changed
         self.changes = []         # (setting, old, new) that the latest load let change
         self.last_checkpoint = None  # (path, step) of the latest checkpoint written
-        self.config = _run_settings(self)
+        self._guard = None if allow_nonfinite else DivergenceGuard(self.model, optimizer)
+        self._read_at = 0         # self.step when the guard was last read
+        self._diverged = None     # the DivergenceError's message, once the run has diverged
+        self.config = run_settings(self)
         for key, value in (config or {}).items():
             if key in self.config:
                 raise ValueError(f"Trainer: config[{key!r}] is a setting the Trainer reads off "
                                  f"its own objects ({self.config[key]!r}); leave it out")
-            self.config[key] = _setting(f"Trainer: config[{key!r}]", value, ValueError)
+            self.config[key] = setting(f"Trainer: config[{key!r}]", value, ValueError)
 
     def run(self, max_steps=None):
-        """Train until done (or `max_steps` steps in all); returns the metrics history."""
+        """Train until done (or `max_steps` steps in all, or `should_stop()`); returns the
+        metrics history."""
         if self.out_dir is not None:
             remove_stale_temp_files(self.out_dir)
-        while self.epoch < self.epochs and not self._reached(max_steps):
+        while self.epoch < self.epochs and not self._reached(max_steps) and not self._stopping():
             self._train_epoch(max_steps)
+            self._check_guard()
             if self.batch == self.batches_per_epoch:
                 self._end_epoch()
-            elif not self._reached(max_steps):
+            elif not self._reached(max_steps) and not self._stopping():
                 raise RuntimeError(
                     f"Trainer: the training loader stopped after {self.batch} batches of epoch "
                     f"{self.epoch + 1}, {self.batches_per_epoch} were expected (len(loader) is "
@@ -207,6 +213,12 @@ class Trainer:
     def _reached(self, max_steps):
         return max_steps is not None and self.step >= max_steps
 
+    def _stopping(self):
+        return self.should_stop is not None and self.should_stop()
+
+    def _label(self):
+        return f"{self.name} " if self.name else ""
+
     def _train_epoch(self, max_steps):
         """Train on the current epoch's batches from `self.batch` on, stopping at `max_steps`."""
         if self.batch == 0:
@@ -214,75 +226,78 @@ class Trainer:
         else:  # mid-epoch: replay the epoch's shuffle and augmentation, skip what is done
             self.train_loader.load_state_dict(self._epoch_start)
         batches = itertools.islice(self.train_loader, self.batch, self.batches_per_epoch)
-        guard = None if self.allow_nonfinite else self._check_gradients
         self.model.train()
         with tqdm(total=self.batches_per_epoch, initial=self.batch, leave=False,
-                  desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not self.progress) as bar:
+                  desc=f"{self._label()}epoch {self.epoch + 1}/{self.epochs}",
+                  disable=not self.progress) as bar:
             for x, y in batches:
-                loss, wrong = _train_batch(self.model, self.optimizer, x, y, guard)
-                if guard is not None:
-                    self._check_parameters()
+                loss, wrong = _train_batch(self.model, self.optimizer, x, y, self._guard)
                 loss_sum, total_wrong, seen = self._sums
-                self._sums = (loss_sum + loss * len(y), total_wrong + wrong, seen + len(y))
+                self._sums = (loss_sum + _as_float64(loss) * len(y), total_wrong + wrong,
+                              seen + len(y))
                 self.batch += 1
                 self.step += 1
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if self.step % self.sync_every == 0:  # the one read of the device for a while
+                    self._check_guard()
+                    bar.set_postfix(loss=f"{float(self._sums[0]) / self._sums[2]:.4f}",
+                                    refresh=False)
                 bar.update()
-                if self._reached(max_steps):
+                if self._reached(max_steps) or self._stopping():
                     break
 
     def _end_epoch(self):
         """Evaluate, record the epoch, step the schedule, write metrics and maybe a checkpoint."""
         loss_sum, wrong, seen = self._sums
         _, test_error = evaluate(self.model, self.test_loader)
-        row = {"epoch": self.epoch + 1, "train_loss": loss_sum / seen,
-               "train_error": 100.0 * wrong / seen, "test_error": test_error,
+        row = {"epoch": self.epoch + 1, "train_loss": float(loss_sum) / seen,
+               "train_error": 100.0 * int(wrong) / seen, "test_error": test_error,
                "lr": float(self.optimizer.param_groups[0]["lr"]), "note": self._note}
         self.history.append(row)
         self.epoch, self.batch, self._sums, self._note = self.epoch + 1, 0, (0.0, 0, 0), ""
         if self.scheduler is not None:
             self.scheduler.step()
         if self.progress:
-            tqdm.write(f"epoch {row['epoch']}/{self.epochs}: train loss {row['train_loss']:.4f}, "
-                       f"train error {row['train_error']:.2f}%, test error "
-                       f"{row['test_error']:.2f}%, lr {row['lr']:.4g}")
+            tqdm.write(f"{self._label()}epoch {row['epoch']}/{self.epochs}: train loss "
+                       f"{row['train_loss']:.4f}, train error {row['train_error']:.2f}%, test "
+                       f"error {row['test_error']:.2f}%, lr {row['lr']:.4g}")
         if self.out_dir is not None:
             write_metrics(self.history, self.out_dir)
             if self.epoch % self.checkpoint_every == 0:
                 self.save()
 
-    # --- the divergence guard ------------------------------------------------------------------
-    def _check_gradients(self, loss):
-        """Before the update: the loss, every gradient and every buffer must be finite."""
-        bad = _first_nonfinite((name, p.grad.data) for name, p in self.model.named_parameters()
-                               if p.grad is not None)
-        if not math.isfinite(loss) or bad is not None:
-            what = f"the loss is {loss:.4g}" + (
-                "" if bad is None else f" and the gradient of '{bad}' is the first non-finite one")
-            raise DivergenceError(self._diverged(what, "the parameters are as before this step"))
-        bad = _first_nonfinite(self.model.named_buffers())
-        if bad is not None:
-            raise DivergenceError(self._diverged(
-                f"the forward pass made the buffer '{bad}' non-finite (its layer's input is too "
-                "large for float32)", "the parameters are as before this step", find_op=False))
-
-    def _check_parameters(self):
-        """After the update: every parameter must still be finite."""
-        bad = _first_nonfinite((name, p.data) for name, p in self.model.named_parameters())
-        if bad is not None:
-            lr = self.optimizer.param_groups[0]["lr"]
-            raise DivergenceError(self._diverged(
-                f"the update made '{bad}' non-finite (lr {lr:g})", "the model is not finite now"))
-
-    def _diverged(self, what, state, find_op=True):
+    # --- the divergence guard (minires/divergence.py) ------------------------------------------
+    def _check_guard(self):
+        """Read the guard's flags; a DivergenceError naming the first bad step if there was one."""
+        if self._diverged is not None:
+            raise DivergenceError(self._diverged)
+        found = None if self._guard is None else self._guard.read()
+        read_at, self._read_at = self._read_at, self.step
+        if found is None:
+            return
+        index, loss, (kind, name) = found[0], found[1], found[2] or ("loss", None)
+        step = read_at + index  # steps before the bad one; it is in the current epoch
+        where = (f"training diverged in epoch {step // self.batches_per_epoch + 1}, step "
+                 f"{step + 1} (batch {step % self.batches_per_epoch + 1} of "
+                 f"{self.batches_per_epoch})")
+        if kind == "buffer":
+            what = (f"the forward pass made the buffer '{name}' non-finite (its layer's input is "
+                    "too large for float32)")
+        elif kind == "update":
+            what = (f"the update would make '{name}' non-finite (lr "
+                    f"{self.optimizer.param_groups[0]['lr']:g}), so it was not applied")
+        else:
+            what = f"the loss is {loss:.4g}" + ("" if kind == "loss" else
+                                                f" and the gradient of '{name}' is the first "
+                                                "non-finite one")
         saved = ("no checkpoint was written" if self.last_checkpoint is None else
                  f"the last checkpoint, {self.last_checkpoint[0]} (step "
                  f"{self.last_checkpoint[1]}), is kept")
         find = (" Find the op that made it by running again under minires.detect_anomaly() "
-                "(minires train: --detect-anomaly)." if find_op else "")
-        return (f"training diverged in epoch {self.epoch + 1}, step {self.step + 1} (batch "
-                f"{self.batch + 1} of {self.batches_per_epoch}): {what}; {state}, {saved}.{find}"
-                " Train on regardless with allow_nonfinite=True (--allow-nonfinite).")
+                "(minires train: --detect-anomaly)." if kind in ("loss", "gradient") else "")
+        self._diverged = (f"{where}: {what}; the parameters are as before this step, {saved}."
+                          f"{find} Train on regardless with allow_nonfinite=True "
+                          "(--allow-nonfinite).")
+        raise DivergenceError(self._diverged)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def state_dict(self):
@@ -295,7 +310,8 @@ class Trainer:
             "rng": _numpy_rng_state(),
             "loader": self._epoch_start if self.batch else self.train_loader.state_dict(),
             "meta": {"epoch": self.epoch, "step": self.step, "batch": self.batch,
-                     "loss_sum": loss_sum, "wrong": wrong, "seen": seen, "note": self._note},
+                     "loss_sum": float(loss_sum), "wrong": int(wrong), "seen": seen,
+                     "note": self._note},
             "metrics": {c: np.array([row[c] for row in self.history],
                                     dtype=np.str_ if c == "note" else None) for c in COLUMNS},
         }
@@ -316,8 +332,8 @@ class Trainer:
         if unknown:
             raise ValueError(f"Trainer.load: only {', '.join(CHANGEABLE)} may change on resume, "
                              f"not {', '.join(unknown)}")
-        changes = self._compare_settings(sections, allow_changes)
-        counters = self._check_sections(sections)
+        changes = compare_settings(self, sections, allow_changes)
+        counters = check_sections(self, sections)
         previous = self.state_dict(), self._counters()
         try:
             self._restore(sections, counters)
@@ -326,7 +342,7 @@ class Trainer:
             raise
         self.changes = changes
         self._note = "; ".join(filter(None, [counters["note"]] + [
-            f"{key} {_show(old)} -> {_show(new)}" for key, old, new in changes]))
+            f"{key} {show(old)} -> {show(new)}" for key, old, new in changes]))
 
     def _counters(self):
         loss_sum, wrong, seen = self._sums
@@ -348,127 +364,23 @@ class Trainer:
         self.epoch, self.step, self.batch = counters["epoch"], counters["step"], counters["batch"]
         self._sums = (counters["loss_sum"], counters["wrong"], counters["seen"])
         self._note, self.history = counters["note"], counters["history"]
-
-    def _compare_settings(self, sections, allow_changes):
-        """[(setting, old, new)] that may differ; SettingsChanged if any other one differs."""
-        if "config" not in sections:  # written before checkpoints recorded their settings
-            raise CheckpointError(
-                "the checkpoint has no section 'config': it comes from a minires that did not "
-                "record the run's settings, so resuming cannot check that they are the same; "
-                "start a new run in another folder (or resume it with that older minires)")
-        saved = {key: _setting(f"config/{key}", value)
-                 for key, value in sections["config"].items()}
-        differ = [(key, saved.get(key), self.config.get(key))
-                  for key in sorted(set(saved) | set(self.config))
-                  if saved.get(key) != self.config.get(key)]
-        refused = [d for d in differ if d[0] not in set(allow_changes) | set(RECORDED)]
-        if refused:
-            hint = ("; to change epochs pass allow_changes=('epochs',) (minires train: "
-                    "--allow-change epochs)" if all(d[0] in CHANGEABLE for d in refused) else
-                    "; to train with other settings, start a new run in another folder")
-            raise SettingsChanged("the checkpoint was written with other settings: " + "; ".join(
-                f"{key}: {_show(old)} in the checkpoint, {_show(new)} now"
-                for key, old, new in refused) + hint)
-        done = read_int(sections, "meta/epoch", 0, read_int(sections, "config/epochs", 0, 2**62))
-        if done > self.epochs:
-            raise SettingsChanged(f"epochs: the checkpoint has completed {done} epochs, more "
-                                  f"than the {self.epochs} asked for now")
-        return differ
-
-    def _check_sections(self, sections):
-        """Check every field but the config (done first); returns the counters and history."""
-        expected = set(SECTIONS) | ({"scheduler"} if self.scheduler is not None else set())
-        if (self.scheduler is None) != ("scheduler" not in sections):
-            raise CheckpointError(f"the checkpoint has {'a' if 'scheduler' in sections else 'no'} "
-                                  f"schedule state, this trainer has "
-                                  f"{'a' if self.scheduler else 'no'} scheduler")
-        unexpected = sorted(set(sections) - expected)
-        if unexpected:
-            raise CheckpointError(f"the checkpoint has an unexpected section '{unexpected[0]}'")
-        for name in sorted(expected):
-            section(sections, name)
-        self._check_model_section(sections)
-        if not self.allow_nonfinite:
-            bad = _first_nonfinite((f"{name}/{key}", np.asarray(value))
-                                   for name in sorted(expected - {"config"})
-                                   for key, value in sections[name].items())
-            if bad is not None:
-                raise CheckpointError(f"{bad} holds NaN or Inf (from a diverged run?); pass "
-                                      "allow_nonfinite=True (--allow-nonfinite) to load it anyway")
-        read_array(sections, "rng/keys", "u", (624,))
-        read_int(sections, "rng/pos", 0, 624)
-        read_int(sections, "rng/has_gauss", 0, 1)
-        read_float(sections, "rng/cached_gaussian", finite=not self.allow_nonfinite)
-        counters = self._check_meta(sections)
-        counters["history"] = self._check_metrics(sections, counters["epoch"])
-        if self.scheduler is not None:
-            self._check_schedule_section(sections, counters["epoch"])
-        self._check_optimizer_section(sections)
-        return counters
-
-    def _check_model_section(self, sections):
-        """The model section must hold exactly this model's arrays, with its shapes."""
-        expected = {name: array for name, array in itertools.chain(
-            ((name, p.data) for name, p in self.model.named_parameters()),
-            self.model.named_buffers())}
-        saved = sections["model"]
-        missing = [key for key in expected if key not in saved]
-        extra = [key for key in saved if key not in expected]
-        if missing or extra:
-            raise CheckpointError(
-                f"model: the checkpoint's model is not this {type(self.model).__name__}: it lacks "
-                f"{len(missing)} of this model's arrays{_first(missing)} and has {len(extra)} "
-                f"others{_first(extra)}; it was saved from another architecture")
-        for key, array in expected.items():
-            read_array(sections, f"model/{key}", "f" if array.dtype.kind == "f" else "iu",
-                       tuple(array.shape))
-
-    def _check_meta(self, sections):
-        """The counters: in range, and consistent with each other (step = epoch * steps + batch)."""
-        epoch = read_int(sections, "meta/epoch", 0, self.epochs)
-        batch = read_int(sections, "meta/batch", 0, self.batches_per_epoch - 1)
-        step = epoch * self.batches_per_epoch + batch
-        read_int(sections, "meta/step", step, step)
-        batch_size = getattr(self.train_loader, "batch_size", 2 ** 62 // max(batch, 1))
-        seen = read_int(sections, "meta/seen", batch, batch * batch_size)  # 0 at an epoch start
-        wrong = read_int(sections, "meta/wrong", 0, seen)
-        loss_sum = read_float(sections, "meta/loss_sum", 0, np.inf, not self.allow_nonfinite)
-        note = str(read_array(sections, "meta/note", "U", ()))
-        return {"epoch": epoch, "step": step, "batch": batch, "loss_sum": loss_sum,
-                "wrong": wrong, "seen": seen, "note": note}
-
-    def _check_metrics(self, sections, epochs_done):
-        """One row per completed epoch, numbered 1..epochs_done; returns the history."""
-        columns = {c: read_array(sections, f"metrics/{c}", _COLUMN_KINDS.get(c, "f"),
-                                 (epochs_done,)) for c in COLUMNS}
-        if not np.array_equal(columns["epoch"], np.arange(1, epochs_done + 1)):
-            raise CheckpointError(f"metrics/epoch is {columns['epoch'].tolist()}, expected "
-                                  f"1..{epochs_done}")
-        values = [columns[c].tolist() for c in COLUMNS]
-        return [dict(zip(COLUMNS, row)) for row in zip(*values)]
-
-    def _check_schedule_section(self, sections, epochs_done):
-        """The schedule's settings are this trainer's, and it has stepped once per epoch."""
-        read_int(sections, "scheduler/last_epoch", epochs_done, epochs_done)
-        _check_same_settings(sections, "scheduler", self.scheduler.state_dict(),
-                             lambda key: key.split(".")[-1] not in ("last_epoch", "last_lr"))
-
-    def _check_optimizer_section(self, sections):
-        """The optimizer's settings but the (scheduled) lr are this trainer's."""
-        _check_same_settings(sections, "optimizer", self.optimizer.state_dict(),
-                             lambda key: key.startswith("param_groups.")
-                             and key.split(".")[-1] not in ("lr", "params"))
+        self._read_at, self._diverged = self.step, None
 
     def save(self, path=None):
         """Write a checkpoint (default: out_dir/checkpoint.npz) atomically; returns its path.
 
-        Unless `allow_nonfinite`, a non-finite model or optimizer state is never written (a
-        DivergenceError says which array), so the previous checkpoint stays.
+        Unless `allow_nonfinite`, nothing is written once the run has diverged or from a
+        non-finite model or optimizer state (a DivergenceError says why), so the previous
+        checkpoint stays.
         """
         path = self._checkpoint_path(path)
+        try:
+            self._check_guard()
+        except DivergenceError as err:
+            raise DivergenceError(f"not writing {path}: {err}") from None
         sections = self.state_dict()
         if not self.allow_nonfinite:
-            bad = _first_nonfinite((f"{name}/{key}", np.asarray(value))
+            bad = first_nonfinite((f"{name}/{key}", np.asarray(value))
                                    for name in ("model", "optimizer")
                                    for key, value in sections[name].items())
             if bad is not None:
@@ -481,7 +393,7 @@ class Trainer:
     def load(self, path=None, allow_changes=()):
         """Resume from a checkpoint (default: out_dir/checkpoint.npz); see load_state_dict."""
         path = self._checkpoint_path(path)
-        sections = load_checkpoint(path)
+        sections = load_checkpoint(path, member_check(self.model))
         try:
             self.load_state_dict(sections, allow_changes)
         except (CheckpointError, SettingsChanged) as err:
@@ -514,77 +426,23 @@ def train(model, optimizer, train_loader, test_loader, epochs, scheduler=None, o
     return trainer.run(max_steps)
 
 
-# --- settings, and checking them ---------------------------------------------------------------
+# --- checking the arguments ----------------------------------------------------------------
 
-def _run_settings(trainer):
-    """The settings a resume must share with its run, read off the trainer's objects."""
-    model, loader = trainer.model, trainer.train_loader
-    settings = {"epochs": trainer.epochs, "steps_per_epoch": trainer.batches_per_epoch,
-                "architecture": type(model).__name__,
-                "parameters": sum(int(p.data.size) for p in model.parameters()),
-                "device": model.device, "optimizer": type(trainer.optimizer).__name__,
-                "schedule": type(trainer.scheduler).__name__ if trainer.scheduler else "none"}
-    for split, data in (("train", loader), ("test", trainer.test_loader)):
-        if hasattr(data, "images"):
-            settings[f"{split}_size"] = len(data.images)
-    for name in ("batch_size", "augment", "shuffle", "drop_last"):  # a DataLoader's
-        if hasattr(loader, name):
-            settings[name] = getattr(loader, name)
-    settings.update(_optimizer_settings(trainer.optimizer.param_groups))
-    if trainer.scheduler is not None:
-        settings.update({f"schedule.{key}": value
-                         for key, value in trainer.scheduler.state_dict().items()
-                         if key.split(".")[-1] not in ("last_epoch", "last_lr", "base_lrs")})
-    return {key: _setting(key, value) for key, value in settings.items()}
-
-
-def _optimizer_settings(groups):
-    """Each group's hyperparameters ("momentum", "group1.momentum"), its starting lr as "lr"."""
-    settings = {}
-    for i, group in enumerate(groups):
-        prefix = f"group{i}." if i else ""
-        for key, value in group.items():
-            if key not in ("params", "initial_lr"):
-                settings[prefix + key] = group.get("initial_lr", value) if key == "lr" else value
-    return settings
-
-
-def _setting(name, value, error=CheckpointError):
-    """A setting as plain Python (number, bool, string or list of numbers), as compared."""
-    array = np.asarray(backend.to_numpy(value) if backend.is_array(value) else value)
-    if array.ndim > 1 or array.dtype.kind not in "biufU":
-        raise error(f"{name} must be a number, a string or a list of numbers, got "
-                    f"{array.dtype} of shape {array.shape}")
-    return array.tolist()
-
-
-def _check_same_settings(sections, name, current, is_setting):
-    """Every `is_setting` key of section `name` must be there and equal this trainer's value."""
-    saved = sections[name]
-    for key in sorted(k for k in set(saved) | set(current) if is_setting(k)):
-        old = _setting(f"{name}/{key}", field(sections, f"{name}/{key}"))
-        new = _setting(key, current[key]) if key in current else None
-        if old != new:
-            raise CheckpointError(f"{name}/{key} is {_show(old)}, this trainer's is {_show(new)}")
-
-
-def _check_counts(epochs, checkpoint_every, steps_per_epoch, batches_per_epoch, loader_len):
-    """Refuse counts that would make the loop do nonsense (a ValueError naming the argument)."""
+def _check_counts(epochs, checkpoint_every, steps_per_epoch, sync_every, batches_per_epoch,
+                  train_batches, test_batches):
+    """Refuse counts that would make the loop do nonsense (a ValueError naming the argument), and
+    loaders that yield nothing, when the Trainer is built rather than after an epoch."""
     for name, value, low in (("epochs", epochs, 0), ("checkpoint_every", checkpoint_every, 1),
-                             ("steps_per_epoch", steps_per_epoch, 1)):
+                             ("steps_per_epoch", steps_per_epoch, 1),
+                             ("sync_every", sync_every, 1)):
         if value is not None and (not isinstance(value, (int, np.integer)) or value < low):
             raise ValueError(f"Trainer: {name} must be an integer >= {low}, got {value!r}")
     if batches_per_epoch < 1:
-        raise ValueError(f"Trainer: the training loader yields no batches (len {loader_len}, "
+        raise ValueError(f"Trainer: the training loader yields no batches (len {train_batches}, "
                          f"steps_per_epoch {steps_per_epoch})")
-
-
-def _first(names):
-    return f" (first '{names[0]}')" if names else ""
-
-
-def _show(value):
-    return "not set" if value is None else repr(value)
+    if test_batches < 1:
+        raise ValueError("Trainer: the test loader yields no batches (an empty test set?); "
+                         "every epoch ends with an evaluation on it")
 
 
 def _numpy_rng_state():
@@ -624,35 +482,3 @@ def write_metrics(history, out_dir):
     text = json.dumps(history, indent=2) + "\n"
     atomic_write(out_dir / "metrics.json", lambda f: f.write(text.encode()))
     plot_learning_curve(history, out_dir / "learning_curve.png")
-
-
-def plot_learning_curve(history, path):
-    """Train/test error (%) and train loss against epoch, side by side, as a PNG (atomically).
-
-    matplotlib (the `plot` extra) is imported here only; without it the figure is skipped with a
-    warning. The figure is drawn on an Agg canvas, so no display and no pyplot state is involved.
-    """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.ticker import MaxNLocator
-    except ImportError:
-        warnings.warn(f"matplotlib is not installed, so {path} is not drawn: "
-                      "pip install 'minires[plot]'")
-        return None
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(10, 4))
-    FigureCanvasAgg(fig)
-    error, loss = fig.subplots(1, 2)
-    error.plot(epochs, [row["train_error"] for row in history], ".-", label="train")
-    error.plot(epochs, [row["test_error"] for row in history], ".-", label="test")
-    error.set(xlabel="epoch", ylabel="error (%)", title="error")
-    error.legend()
-    loss.plot(epochs, [row["train_loss"] for row in history], ".-", label="train")
-    loss.set(xlabel="epoch", ylabel="cross-entropy", title="training loss")
-    for ax in (error, loss):
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    return path

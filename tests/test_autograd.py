@@ -269,15 +269,15 @@ def test_mixing_devices_names_the_op_and_both_devices():
 
 @pytest.mark.cuda  # a real GPU, or the CuPy stand-in
 @pytest.mark.parametrize("source, target", [("cpu", "cuda"), ("cuda", "cpu")])
-def test_to_device_is_differentiable(source, target):
+def test_to_is_differentiable(source, target):
     values = np.array([1.0, -2.0, 3.0])
     x = make(values, source, requires_grad=True)
-    y = F.to_device(x, target)
+    y = F.to(x, target)
     assert y.device == target
     (y * y).sum().backward()
     assert x.grad.device == source
     np.testing.assert_allclose(x.grad.numpy(), 2 * values)
-    report = minires.gradcheck(lambda t: F.to_device(t, target) * 3.0, make(values, source, True))
+    report = minires.gradcheck(lambda t: F.to(t, target) * 3.0, make(values, source, True))
     assert report.ok, str(report)
 
 

@@ -101,6 +101,8 @@ def test_resume_on_an_empty_folder_starts_fresh(tmp_path, capsys):
     ("--model", "resnet14", "model: 'resnet8' in the checkpoint, 'resnet14' now"),
     ("--steps-per-epoch", "2", "steps_per_epoch: 3 in the checkpoint, 2 now"),
     ("--no-augment", None, "augment: True in the checkpoint, False now"),
+    ("--n-train", "128", "train_size: 256 in the checkpoint, 128 now"),
+    ("--n-test", "32", "test_size: 64 in the checkpoint, 32 now"),
 ])
 def test_changed_settings_are_refused(one_epoch, option, value, expected):
     before = (one_epoch / "checkpoint.npz").read_bytes()

@@ -84,9 +84,10 @@ def test_an_interrupted_run_resumes_exactly(finished, tmp_path, monkeypatch):
 
 
 def test_a_folder_trained_with_other_settings_is_refused(finished):
-    args = ["degradation", "--out", str(finished[0]), *TINY_ARGS]
+    args = ["degradation", "--out", str(finished[0]), "--resume", *TINY_ARGS]
     args[args.index("--epochs") + 1] = "3"
-    with pytest.raises(SystemExit, match="epochs: 2 there, 3 now"):
+    with pytest.raises(SystemExit, match="^minires degradation: /.* holds a run with other "
+                                         "settings \\(epochs: 2 there, 3 now\\)"):
         cli.main(args)
 
 

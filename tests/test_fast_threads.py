@@ -140,12 +140,12 @@ def test_a_training_command_runs_with_one_blas_thread_and_puts_it_back(monkeypat
     monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", False)  # as read at import, without env
     before, seen = blas_threads(), []
     assert before
-    import minires.train_command
+    import minires.commands.train
 
     def run(args):
         seen.append((blas_threads(), fast_threads.blas_runs_one_thread()))
         return 0
-    monkeypatch.setattr(minires.train_command, "run", run)
+    monkeypatch.setattr(minires.commands.train, "run", run)
     assert cli.main(["train", "--data", "synthetic"]) == 0
     assert seen == [([1] * len(before), True)]
     assert blas_threads() == before and not fast_threads.blas_runs_one_thread()

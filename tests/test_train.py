@@ -6,9 +6,17 @@ Everything runs on the CPU with small networks (cifar_resnet(8)) on small synthe
 whole file takes seconds.
 """
 import csv
+import io
 import itertools
 import json
 import os
+import re
+import struct
+import sys
+import tracemalloc
+import zipfile
+import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -254,17 +262,57 @@ def test_a_nonfinite_loss_stops_before_the_update(tmp_path, device):
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
-def test_an_update_that_overflows_stops_and_is_never_saved(tmp_path):
+def test_an_update_that_overflows_is_not_applied_and_never_saved(tmp_path):
+    """An update that would make a parameter non-finite is undone on the device; the run stops at
+    the next read, and nothing is written from then on."""
     trainer = make_trainer(seed=0, out_dir=tmp_path)
     trainer.run(max_steps=3)
     written = (tmp_path / "checkpoint.npz").read_bytes()
     trainer.optimizer.param_groups[0]["lr"] = np.inf
-    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 .*the update made "
-                       r"'conv1.weight' non-finite \(lr inf\)"):
+    before = parameters_and_optimizer(trainer)
+    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 .*the update would "
+                       r"make 'conv1.weight' non-finite \(lr inf\), so it was not applied"):
         trainer.run()
-    with pytest.raises(minires.train.DivergenceError, match="not writing .* holds NaN or Inf"):
+    assert_same(parameters_and_optimizer(trainer), before)
+    with pytest.raises(minires.train.DivergenceError, match="not writing .*training diverged"):
         trainer.save()
     assert (tmp_path / "checkpoint.npz").read_bytes() == written
+
+
+def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch):
+    """The guard reads the gradients, not only the loss: one infinite gradient entry (the loss
+    finite) and the parameters and optimizer state stay exactly as they were."""
+    trainer = make_trainer(seed=0, sync_every=1)
+    trainer.run(max_steps=2)
+    before = parameters_and_optimizer(trainer)
+    backward = minires.Tensor.backward
+
+    def backward_then_poison(self, *args, **kwargs):
+        backward(self, *args, **kwargs)
+        trainer.model.fc.weight.grad.data[0, 0] = np.inf
+    monkeypatch.setattr(minires.Tensor, "backward", backward_then_poison)
+    with pytest.raises(minires.train.DivergenceError) as err:
+        trainer.run()
+    message = str(err.value)
+    assert "step 3 (batch 3 of 3)" in message
+    assert re.search(r"the loss is \d", message), message  # finite
+    assert "the gradient of 'fc.weight' is the first non-finite one" in message
+    assert_same(parameters_and_optimizer(trainer), before)
+    assert np.isfinite(backend.to_numpy(trainer.model.fc.weight.data)).all()
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_the_guard_is_read_every_sync_every_steps_and_names_the_first_bad_step():
+    """With sync_every=3 a NaN at step 4 is found when the flags are read (end of epoch 2, step
+    6), and the message names step 4; steps 5 and 6 changed nothing either."""
+    trainer = make_trainer(seed=0, sync_every=3, epochs=3)
+    trainer.run(max_steps=3)
+    trainer.model.conv1.weight.data *= 1e38
+    before = parameters_and_optimizer(trainer)
+    with pytest.raises(minires.train.DivergenceError, match=r"epoch 2, step 4 \(batch 1 of 3\)"):
+        trainer.run()
+    assert trainer.step == 6
+    assert_same(parameters_and_optimizer(trainer), before)
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -379,6 +427,13 @@ def tampered(sections, name, value):
      r"scheduler/milestones is \[9\], this trainer's is \[1\]"),
     ("optimizer/param_groups.0.momentum", np.float64(0.5),
      "optimizer/param_groups.0.momentum is 0.5, this trainer's is 0.9"),
+    ("optimizer/param_groups.0.lr", np.float64(5.0), r"optimizer/param_groups.0.lr is 5.0, but "
+                                                     r"the run's settings give 0.005\d* after 1 "
+                                                     r"epoch"),
+    ("model/bn1.running_var", np.full(16, -1e6, np.float32),
+     r"model/bn1.running_var holds a negative variance \(-1e\+06\)"),
+    ("model/bn1.running_mean", np.full(16, np.nan, np.float32),
+     "model/bn1.running_mean holds NaN or Inf"),
     ("optimizer/state.0.momentum_buffer", np.zeros(2, np.float32),
      r"optimizer: SGD.load_state_dict: state.0.momentum_buffer has shape \(2,\)"),
     ("loader/rng_has_uint32", np.int64(5), "loader: DataLoader.load_state_dict: rng_has_uint32 "
@@ -397,6 +452,125 @@ def test_every_field_is_checked_and_a_bad_one_changes_nothing(saved_sections, na
     assert_same(snapshot(trainer), before)
     trainer.load_state_dict(saved_sections)  # the untouched sections load
     assert (trainer.epoch, trainer.batch, trainer.step) == (1, 1, 4)
+
+
+def test_the_size_check_lets_a_good_checkpoint_through(saved_sections, tmp_path):
+    """member_check passes every member of a real checkpoint (it refuses only what is larger
+    than a checkpoint of this model can hold)."""
+    path = save_checkpoint(tmp_path / "ck.npz", **saved_sections)
+    trainer = make_trainer(seed=3)
+    trainer.load(path)
+    assert (trainer.epoch, trainer.batch, trainer.step) == (1, 1, 4)
+
+
+def deflated_zeros(npy_header, chunks, chunk=1 << 24):
+    """A raw deflate stream of `npy_header` and `chunks` * `chunk` zero bytes, built in well under
+    a second: one compressed chunk, full-flushed (no reference back), repeated."""
+    head = zlib.compressobj(9, zlib.DEFLATED, -15)
+    stream = head.compress(npy_header) + head.flush(zlib.Z_FULL_FLUSH)
+    zeros = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = zeros.compress(bytes(chunk)) + zeros.flush(zlib.Z_FULL_FLUSH)
+    return stream + block * chunks + zlib.compressobj(9, zlib.DEFLATED, -15).flush()
+
+
+def add_bomb(source, target, name, gib=2):
+    """Copy the checkpoint `source` to `target` with member `name` (replaced or added) declaring
+    `gib` GiB of float64 zeros, deflated to a few MB: a zip bomb in a checkpoint's clothing."""
+    chunks = gib * 64
+    shape = (chunks * (1 << 24) // 8,)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False,
+                                                  "shape": shape})
+    header = header.getvalue()
+    data = deflated_zeros(header, chunks)
+    crc = zlib.crc32(header)
+    zero_chunk = bytes(1 << 24)
+    for _ in range(chunks):
+        crc = zlib.crc32(zero_chunk, crc)
+    member = f"{name}.npy"
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w") as new:
+        for info in old.infolist():
+            if info.filename != member:
+                new.writestr(info, old.read(info))
+        new.writestr(zipfile.ZipInfo(member), data)  # stored; the headers are patched below
+    raw = bytearray(Path(target).read_bytes())
+    size = len(header) + chunks * (1 << 24)
+    for signature, method_at in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        name_at = 30 if signature == b"PK\x03\x04" else 46
+        start = 0
+        while True:
+            start = raw.index(signature, start)
+            if raw[start + name_at:start + name_at + len(member)] == member.encode():
+                break
+            start += 1
+        struct.pack_into("<H", raw, start + method_at, zipfile.ZIP_DEFLATED)
+        struct.pack_into("<III", raw, start + method_at + 6, crc, len(data), size)
+    Path(target).write_bytes(bytes(raw))
+    return size
+
+
+@pytest.mark.parametrize("name", ["model/fc.weight", "optimizer/state.0.momentum_buffer",
+                                  "meta/extra"])
+def test_a_zip_bomb_is_refused_from_its_headers(saved_sections, tmp_path, name):
+    """A 2 GiB member in a checkpoint of a few MB: refused from the zip and .npy headers, naming
+    the member, without inflating it (memory measured with tracemalloc)."""
+    good = save_checkpoint(tmp_path / "good.npz", **saved_sections)
+    bomb = tmp_path / "bomb.npz"
+    declared = add_bomb(good, bomb, name)
+    assert declared > 2 ** 31 and bomb.stat().st_size < 5 * 2 ** 20
+    with zipfile.ZipFile(bomb) as archive:  # a real bomb: zipfile inflates it without complaint
+        with archive.open(f"{name}.npy") as member:
+            assert member.read(1 << 20)[-1:] == b"\x00"
+    trainer = make_trainer(seed=3)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=rf"{re.escape(name)} declares float64 of shape "
+                                                  r"\(268435456,\) \(2147483648 bytes\)"):
+            trainer.load(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 2 ** 20, f"{peak / 2 ** 20:.0f} MiB allocated while refusing"
+    assert trainer.step == 0
+
+
+def test_an_npy_header_that_lies_about_its_size_is_refused(saved_sections, tmp_path):
+    """A member whose .npy header declares more data than the zip says it holds: refused."""
+    good = save_checkpoint(tmp_path / "good.npz", **saved_sections)
+    forged = tmp_path / "forged.npz"
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(forged, "w") as new:
+        for info in old.infolist():
+            data = old.read(info)
+            if info.filename == "meta/epoch.npy":
+                data = data.replace(b"'shape': ()", b"'shape': (9999,)")
+            new.writestr(info, data)
+    with pytest.raises(CheckpointError, match=r"meta/epoch declares int64 of shape \(9999,\)"):
+        load_checkpoint(forged)
+
+
+def test_a_reader_of_the_old_checkpoint_keeps_the_old_file(tmp_path):
+    """The atomic write makes a new file under the old name: a reader that opened the old one
+    goes on reading it whole (a copy over the old file would change it under the reader)."""
+    trainer = make_trainer(seed=0, out_dir=tmp_path)
+    trainer.run(max_steps=1)
+    path = tmp_path / "checkpoint.npz"
+    old_bytes = path.read_bytes()
+    with open(path, "rb") as reader:
+        head = reader.read(100)
+        trainer.run(max_steps=2)          # writes the checkpoint again
+        rest = reader.read()
+    assert head + rest == old_bytes
+    assert path.read_bytes() != old_bytes
+    assert load_checkpoint(path)["meta"]["step"] == 2
+
+
+def test_other_data_sizes_are_refused_on_resume(tmp_path):
+    make_trainer(seed=0, out_dir=tmp_path).run(max_steps=1)
+    other = make_trainer(seed=0, data=synthetic_cifar(64, 32, image_size=16, seed=0))
+    with pytest.raises(minires.train.SettingsChanged) as err:
+        other.load(tmp_path / "checkpoint.npz")
+    assert "test_size: 16 in the checkpoint, 32 now" in str(err.value)
+    assert "train_size: 48 in the checkpoint, 64 now" in str(err.value)
 
 
 def test_a_checkpoint_of_another_model_is_refused(tmp_path):
@@ -484,3 +658,38 @@ def test_resume_on_another_device_goes_on(tmp_path, device):
     for key, value in straight.model.state_dict().items():
         np.testing.assert_allclose(resumed.model.state_dict()[key], value, rtol=1e-4, atol=1e-5)
     assert resumed.history[0]["note"] == ("" if device == "cpu" else f"device 'cpu' -> '{device}'")
+
+
+def test_the_trainer_reads_the_device_per_epoch_not_per_step(monkeypatch):
+    """No host sync inside a training step (issue 26): on the CuPy stand-in every device-to-host
+    read (get, float, int, bool, format) is counted with the minires file that asked for it. The
+    Trainer's and the guard's reads in an epoch are as many for 6 steps as for 2 (the loss, the
+    error count and the guard's flags are read once, at the epoch's end)."""
+    import cupy_standin
+
+    if not cupy_standin.is_registered():
+        pytest.skip("counts reads on the CuPy stand-in")
+    reads = []
+
+    def counted(original):
+        def read(self, *args):
+            frame = sys._getframe(1)  # the asker: the innermost frame not in the array modules
+            while frame.f_code.co_filename.endswith(("cupy_standin.py", "backend.py")):
+                frame = frame.f_back
+            asker = os.path.basename(frame.f_code.co_filename)
+            if asker in ("train.py", "divergence.py"):
+                reads.append(f"{asker}:{frame.f_code.co_name}")
+            return original(self, *args)
+        return read
+    for name in ("get", "__float__", "__int__", "__bool__", "__format__"):
+        monkeypatch.setattr(cupy_standin.ndarray, name, counted(getattr(cupy_standin.ndarray,
+                                                                        name)))
+    per_epoch = []
+    for steps in (2, 6):
+        data = synthetic_cifar(16 * steps, 16, image_size=16, seed=0)
+        trainer = make_trainer(seed=0, data=data, epochs=1, device="cuda", sync_every=100)
+        reads.clear()
+        trainer.run()
+        per_epoch.append(list(reads))
+    assert per_epoch[0] == per_epoch[1], per_epoch
+    assert 0 < len(per_epoch[0]) <= 6, per_epoch[0]

@@ -129,12 +129,21 @@ def run_grade(args):
     if args.json is not None:  # what the file says if grading never finishes
         unfinished = [PartResult(p.name, 0, p.points, "grading did not finish",
                                  "grading did not finish") for p in chosen]
-        write_results(args.json, gradescope_results(unfinished, assignment, seed, False))
+        _write_json(args.json, gradescope_results(unfinished, assignment, seed, False))
     seed, results = grade(args.directory, assignment.name, seed, args.timeout, args.part)
     print(table(assignment, seed, results))
     if args.json is not None:
-        write_results(args.json, gradescope_results(results, assignment, seed))
+        _write_json(args.json, gradescope_results(results, assignment, seed))
     return 0 if all(r.score == r.max_score for r in results) else 1
+
+
+def _write_json(path, report):
+    """write_results, with an unwritable path as one line (the first write comes before grading)."""
+    try:
+        write_results(path, report)
+    except OSError as err:
+        raise SystemExit(f"minires assignment: cannot write {err.filename or path}: "
+                         f"{err.strerror or err}") from None
 
 
 def run_release(args):

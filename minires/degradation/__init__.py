@@ -4,7 +4,7 @@ trained with the paper's recipe, their training and test error per epoch side by
     from minires.degradation import run_degradation, read_curves, verdicts
     rows = run_degradation("runs/degradation-laptop", preset="laptop", data="cifar10")
 
-`minires degradation` (minires/degradation/command.py) is the same thing as a command.
+`minires degradation` (minires/commands/degradation.py) is the same thing as a command.
 """
 from .experiment import (CURVE_COLUMNS, PRESETS, Preset, final_errors, is_finished, load_run_data,
                          load_trained, net_name,

@@ -13,9 +13,13 @@ Output folder::
     nets/plain-20/       the Trainer's checkpoint.npz, metrics.csv, learning_curve.png for one net
 
 Resumable: each net checkpoints every epoch, and a rerun goes on from the checkpoints (a finished
-net is not trained again, a half-trained one resumes exactly where it stopped).
+net is not trained again, a half-trained one resumes exactly where it stopped). config.json is
+written only once the run can start (settings valid, data loaded), so a failed start leaves nothing
+that blocks the corrected rerun. (`minires degradation` also locks the folder and asks for
+--resume: minires/commands/degradation.py.)
 """
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import NamedTuple, Optional, Tuple
 from tqdm import tqdm
 
 from .. import backend, manual_seed
-from ..checkpoint import load_checkpoint
+from ..checkpoint import atomic_write, load_checkpoint
 from ..data import DataLoader, load_cifar10, synthetic_cifar
 from ..models import cifar_block_count, cifar_resnet
 from ..train import CHECKPOINT_NAME, Trainer, paper_recipe
@@ -72,25 +76,30 @@ def net_name(residual, depth):
 
 
 def run_degradation(out_dir, preset="laptop", progress=True, device=None, seed=0, data_root=None,
-                    **overrides):
+                    should_stop=None, **overrides):
     """Train every net of `preset` (a name of PRESETS or a Preset), with fields replaced by
     `overrides` (depths=, epochs=, n_train=, n_test=, width=, batch_size=, augment=, data=).
 
     Writes the output folder described in the module docstring, resuming what is already there, and
-    returns the curves as a list of dicts (the rows of curves.csv).
+    returns the curves as a list of dicts (the rows of curves.csv). `should_stop()` is asked between
+    training steps: when it says yes, the net in training writes its checkpoint, and the curves so
+    far are returned (no figure is drawn).
     """
     config = _config(preset, overrides, seed)
     out_dir = Path(out_dir)
-    _check_or_write_config(out_dir, config)
+    _check_config(out_dir, config)
     device = backend.check_device(device or backend.default_device())
     splits = _load_data(config, data_root, progress)
+    _write_config(out_dir, config)
     nets = [(residual, depth) for residual in (False, True) for depth in config["depths"]]
     histories = {}
     for residual, depth in tqdm(nets, desc="nets", unit="net", disable=not progress):
         histories[(residual, depth)] = _train_one(out_dir, config, splits, residual, depth,
-                                                  device, progress)
+                                                  device, progress, should_stop)
         rows = _curve_rows(histories)
         _write_curves(rows, out_dir / "curves.csv")
+        if should_stop is not None and should_stop():
+            return rows
     write_figure(out_dir, rows)
     return rows
 
@@ -121,6 +130,7 @@ def _config(preset, overrides, seed):
         raise TypeError(f"degradation: unknown settings {sorted(unknown)}; the settings are "
                         f"{', '.join(Preset._fields)}")
     chosen = preset._replace(**{k: v for k, v in overrides.items() if v is not None})
+    _check_counts(chosen)
     for depth in chosen.depths:
         cifar_block_count(depth)  # a clear error for a depth that is not 6n+2, before any work
     if chosen.data not in ("cifar10", "synthetic"):
@@ -132,8 +142,22 @@ def _config(preset, overrides, seed):
     return config
 
 
-def _check_or_write_config(out_dir, config):
-    """Refuse to resume a folder trained with other settings; otherwise record the settings."""
+def _check_counts(chosen):
+    """Every count is a positive integer (0 is not "the default"); n_train/n_test may be None."""
+    if not chosen.depths:
+        raise ValueError("degradation: depths must name at least one depth")
+    counts = [("epochs", chosen.epochs), ("width", chosen.width),
+              ("batch_size", chosen.batch_size), ("n_train", chosen.n_train),
+              ("n_test", chosen.n_test)] + [("depths", depth) for depth in chosen.depths]
+    for name, value in counts:
+        if value is None and name in ("n_train", "n_test"):
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"degradation: {name} must be an integer >= 1, got {value!r}")
+
+
+def _check_config(out_dir, config):
+    """Refuse to resume a folder trained with other settings."""
     path = out_dir / "config.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -141,16 +165,21 @@ def _check_or_write_config(out_dir, config):
         if changed:
             details = ", ".join(f"{k}: {a} there, {b} now" for k, (a, b) in changed.items())
             raise ValueError(f"degradation: {out_dir} holds a run with other settings "
-                             f"({details}); choose another output folder, or delete it")
+                             f"({details}); choose another output folder")
+
+
+def _write_config(out_dir, config):
+    """Record the settings (atomically), once the run can start."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(config, indent=2) + "\n")
+    text = json.dumps(config, indent=2) + "\n"
+    atomic_write(out_dir / "config.json", lambda f: f.write(text.encode()))
 
 
 def _load_data(config, data_root, progress):
     """(x_train, y_train, x_test, y_test), cut to n_train/n_test."""
     if config["data"] == "synthetic":
-        return synthetic_cifar(_train_size(config), config["n_test"] or SYNTHETIC_SIZES[1],
-                               seed=config["seed"])
+        n_test = SYNTHETIC_SIZES[1] if config["n_test"] is None else config["n_test"]
+        return synthetic_cifar(_train_size(config), n_test, seed=config["seed"])
     x_train, y_train, x_test, y_test = load_cifar10(data_root, progress=progress)
     n_train, n_test = config["n_train"], config["n_test"]
     return x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test]
@@ -158,9 +187,10 @@ def _load_data(config, data_root, progress):
 
 def _train_size(config):
     """How many training images the run uses (n_train=None: the whole training split)."""
+    n_train = config["n_train"]
     if config["data"] == "synthetic":
-        return config["n_train"] or SYNTHETIC_SIZES[0]
-    return min(config["n_train"] or CIFAR10_TRAIN_SIZE, CIFAR10_TRAIN_SIZE)
+        return SYNTHETIC_SIZES[0] if n_train is None else n_train
+    return CIFAR10_TRAIN_SIZE if n_train is None else min(n_train, CIFAR10_TRAIN_SIZE)
 
 
 def _build(config, residual, depth):
@@ -169,7 +199,7 @@ def _build(config, residual, depth):
     return cifar_resnet(depth, residual=residual, shortcut="A", width=config["width"])
 
 
-def _train_one(out_dir, config, splits, residual, depth, device, progress):
+def _train_one(out_dir, config, splits, residual, depth, device, progress, should_stop=None):
     """Train (or resume, or just read back) one net; returns its Trainer history."""
     x_train, y_train, x_test, y_test = splits
     model = _build(config, residual, depth).to(device)
@@ -178,7 +208,8 @@ def _train_one(out_dir, config, splits, residual, depth, device, progress):
     test_loader = DataLoader(x_test, y_test, TEST_BATCH, shuffle=False, device=device)
     optimizer, scheduler = paper_recipe(model, config["epochs"])
     trainer = Trainer(model, optimizer, train_loader, test_loader, config["epochs"], scheduler,
-                      out_dir=out_dir / "nets" / net_name(residual, depth), progress=progress)
+                      out_dir=out_dir / "nets" / net_name(residual, depth), progress=progress,
+                      name=net_name(residual, depth), should_stop=should_stop)
     if (trainer.out_dir / CHECKPOINT_NAME).is_file():
         trainer.load()
     return trainer.run()
@@ -192,10 +223,12 @@ def _curve_rows(histories):
 
 
 def _write_curves(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """curves.csv, written atomically (a reader or a Ctrl-C never sees half of it)."""
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=CURVE_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(table.getvalue().encode()))
 
 
 def read_curves(path):

@@ -46,6 +46,9 @@ class CrossEntropy(Function):
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"cross_entropy: labels must have shape ({logits.shape[0]},) "
                              f"({shapes(logits=logits, labels=labels)})")
+        if logits.shape[0] == 0:
+            raise ValueError(f"cross_entropy: the batch is empty, and the mean of no losses is "
+                             f"undefined ({shapes(logits=logits, labels=labels)})")
         if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
             raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
                              f"{int(labels.min())}..{int(labels.max())} "

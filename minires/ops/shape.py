@@ -197,5 +197,7 @@ def identity(x):
     return Identity().apply(x)
 
 
-def to_device(x, device):
+def to(x, device):
+    """x on `device`, differentiably (the gradient goes back to x's device): Tensor.to.
+    (backend.to_device moves a bare array, outside any graph.)"""
     return ToDevice(device).apply(x)

@@ -10,12 +10,17 @@ the gradient norm at the first block's input to the last block's input for each 
 `--bn` or `--no-bn` runs only that setting. `--dtype float64` holds gradients that outgrow
 float32 (a plain net's, with BN, at depth 1202, or without BN at 110); a net whose gradient left
 its dtype's range says where.
+
+Failures are one line "minires gradients: ..." (exit 1): a bad depth, device or seed, missing
+data, and an output folder that cannot be written, which is checked before any net runs (the
+folder itself is made only at the end). Ctrl-C is one line too (exit 130): nothing is written
+before the nets have all run, and a Ctrl-C while the files are written waits until they are whole.
 """
 import os
 
 from tqdm import tqdm
 
-from ..cli import count_at_least
+from .common import StopRequest, check_can_create, count_at_least, interrupted, one_line
 
 SETTINGS = {True: ("bn", "with BN, He init"), False: ("no_bn", "without BN, PyTorch default init")}
 
@@ -30,7 +35,7 @@ def add_arguments(parser):
                          help="only without batch norm, PyTorch's default conv init "
                               "(default: both settings)")
     parser.add_argument("--batch-size", type=count_at_least(1), default=32)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=count_at_least(0), default=0)
     parser.add_argument("--data", choices=("synthetic", "cifar10", "auto"), default="auto",
                         help="auto: CIFAR-10 if already on disk, else synthetic (default)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
@@ -45,23 +50,47 @@ def run(args):
     from ..data import DatasetNotFound
     from ..models import cifar_block_count
 
-    try:  # a depth outside 6n+2, or no GPU: one line, before any work
+    try:  # a depth outside 6n+2, no GPU, an output folder that cannot be made: before any work
         for depth in args.depths:
             cifar_block_count(depth)
         if args.device is not None:
             backend.check_device(args.device)
-    except (ValueError, RuntimeError) as err:
-        raise SystemExit(f"minires gradients: {err}") from None
-    try:
-        runs, source = _compare_both_settings(args)
-    except DatasetNotFound as err:  # --data cifar10 without it: one line, and no output folder
-        raise SystemExit(f"minires gradients: {err}") from None
-    return _plot_and_write(args, runs, source)
+        check_can_create(args.out)
+    except (ValueError, RuntimeError, OSError) as err:
+        raise SystemExit(one_line("gradients", err)) from None
+    with StopRequest() as stop:  # a Ctrl-C stops between two nets (and waits for whole files)
+        try:
+            runs, source = _compare_both_settings(args, stop)
+        except DatasetNotFound as err:  # --data cifar10 without it: one line, no output folder
+            raise SystemExit(f"minires gradients: {err}") from None
+        except KeyboardInterrupt:
+            return interrupted("gradients", "nothing was written (the files are written once "
+                                            "every net has run); run the command again")
+        try:
+            status = _plot_and_write(args, runs, source)
+        except OSError as err:
+            raise SystemExit(one_line("gradients", err)) from None
+    if stop.requested:
+        return interrupted("gradients", f"the files in {args.out} were all written first")
+    return status
 
 
-def _compare_both_settings(args):
+class _StopBetweenNets:
+    """The progress bar that compare() updates after each net, raising KeyboardInterrupt there
+    once a stop is requested (a net's backward pass is never cut in half)."""
+
+    def __init__(self, bar, stop):
+        self.bar, self.stop = bar, stop
+
+    def update(self, n=1):
+        self.bar.update(n)
+        if self.stop():
+            raise KeyboardInterrupt
+
+
+def _compare_both_settings(args, stop):
     """({batch_norm: compare()'s results} for the settings asked for, the data's name)."""
-    from . import compare
+    from ..inspect import compare
 
     settings = [False, True] if args.batch_norm is None else [args.batch_norm]
     runs = {}
@@ -69,14 +98,15 @@ def _compare_both_settings(args):
               unit="net") as bar:
         for batch_norm in settings:
             runs[batch_norm], source = compare(args.depths, batch_norm, args.batch_size,
-                                               args.seed, args.device, args.data, progress=bar,
+                                               args.seed, args.device, args.data,
+                                               progress=_StopBetweenNets(bar, stop),
                                                dtype=args.dtype)
     return runs, source
 
 
 def _plot_and_write(args, runs, source):
-    from . import plot_residual_split, summary_lines, write_csv
-    from .plots import plot_gradients_bn_vs_no_bn
+    from ..inspect import plot_residual_split, summary_lines, write_csv
+    from ..inspect.plots import plot_gradients_bn_vs_no_bn
 
     os.makedirs(args.out, exist_ok=True)
     settings = list(runs)
