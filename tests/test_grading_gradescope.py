@@ -40,8 +40,8 @@ def test_release_has_no_solutions(tmp_path):
     run = [sys.executable, "-m", "minires", "assignment"]
     subprocess.run(run + ["make", "conv", "--out", str(tmp_path / "hw1")], env=env,
                    cwd=tmp_path, check=True, capture_output=True)
-    graded = subprocess.run(run + ["grade", str(tmp_path / "hw1")], env=env, cwd=tmp_path,
-                            capture_output=True, text=True)
+    graded = subprocess.run(run + ["grade", str(tmp_path / "hw1"), "--assignment", "conv"],
+                            env=env, cwd=tmp_path, capture_output=True, text=True)
     assert graded.returncode != 0 and "student release" in graded.stderr
 
 

@@ -2,7 +2,8 @@
 
     minires assignment list
     minires assignment make conv --out hw1
-    minires assignment grade hw1 [--json results.json] [--timeout S] [--seed N] [--part NAME]
+    minires assignment grade hw1 --assignment conv [--json results.json] [--timeout S]
+                                 [--seed N] [--part NAME]
     minires assignment release --out student-minires [--keep conv ...]
     minires assignment gradescope conv --out conv-autograder.zip
 
@@ -40,8 +41,9 @@ def add_arguments(parser):
     grade_parser.add_argument("--seed", type=int, help="repeat a run (default: a fresh seed)")
     grade_parser.add_argument("--part", action="append", metavar="NAME",
                               help="grade only this part (repeatable)")
-    grade_parser.add_argument("--assignment", metavar="NAME",
-                              help="which assignment, when the directory has no assignment.json")
+    grade_parser.add_argument("--assignment", metavar="NAME", required=True,
+                              help="the assignment to grade against (the hand-in's own "
+                                   "assignment.json never chooses it)")
 
     release_parser = actions.add_parser(
         "release", help="the student copy of minires: every solution removed")
@@ -96,7 +98,7 @@ def run_grade(args):
                                  "grading did not finish") for p in chosen]
         write_results(args.json, gradescope_results(unfinished, assignment, seed, False))
     seed, results = grade(args.directory, assignment.name, seed, args.timeout, args.part)
-    print(table(assignment, seed, results))
+    print(table(assignment, seed, results), flush=True)
     if args.json is not None:
         write_results(args.json, gradescope_results(results, assignment, seed))
     return 0 if all(r.score == r.max_score for r in results) else 1
