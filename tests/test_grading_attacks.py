@@ -6,6 +6,7 @@ what holds it is that the sandbox has no answer to find (the stripped minires, t
 apart (own namespaces and uid), and that the grader reads what it leaves as a careful stranger.
 Most attacks are planted in a conv workspace and graded on a part or two, to stay fast.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 
 from minires import functional as F
-from minires.assignments import grade, grader, isolation
+from minires.assignments import get, grade, grader, isolation, sandbox
 from minires.assignments.checks import Failure, expect_close
 from minires.assignments.workspace import PACKAGE_DIR, make_workspace
 from minires.cli import main
@@ -698,3 +699,38 @@ def test_honest_code_scores_full_marks_and_no_advice(tmp_path):
     path.write_bytes(b"\xef\xbb\xbf" + honest.encode())
     for r in graded(tmp_path).values():
         assert r.score == r.max_score and "advice" not in r.output, r.output
+
+
+@pytest.mark.parametrize("allowed", [False, True], ids=["by-hand", "autograd-allowed"])
+def test_a_teacher_can_allow_autograd_in_backward(tmp_path, allowed):
+    """The child's side, run here: with the assignment's flag set, the same backward through
+    autograd is not reported."""
+    workspace = attacked(tmp_path / "hw", THROUGH_AUTOGRAD, "residual", "activation.py")
+    assignment = dataclasses.replace(get("residual"), autograd_in_backward=allowed)
+    part = assignment.part("relu_backward")
+    cases = part.cases(np.random.default_rng(0))[:2]
+    out = tmp_path / "out"
+    out.mkdir()
+    sandbox.run(cases, [{}, {}], str(workspace), assignment, part, out)
+    assert (out / sandbox.BY_HAND_FILE).exists() is not allowed
+    assert (out / sandbox.case_file(0)).exists() and (out / sandbox.case_file(1)).exists()
+
+
+def test_no_module_of_the_grader_imports_one_that_imports_it_back():
+    """Over every import in minires/assignments (function-level ones too): no cycle."""
+    import ast
+
+    folder = PACKAGE_DIR / "assignments"
+    modules = {p.stem for p in folder.glob("*.py") if p.stem != "__init__"}
+    imports = {}
+    for name in modules:
+        found = set()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+        imports[name] = found & modules
+
+    def reaches(start, goal, seen=()):
+        return any(step == goal or (step not in seen and reaches(step, goal, (*seen, step)))
+                   for step in imports[start])
+    assert [name for name in sorted(modules) if reaches(name, name)] == []
