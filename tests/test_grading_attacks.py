@@ -734,3 +734,43 @@ def test_no_module_of_the_grader_imports_one_that_imports_it_back():
         return any(step == goal or (step not in seen and reaches(step, goal, (*seen, step)))
                    for step in imports[start])
     assert [name for name in sorted(modules) if reaches(name, name)] == []
+
+
+ESCAPE_THE_JAIL = f"""
+import os
+
+
+def im2col(x, kernel, stride, padding, pad_value=0.0):
+    tried = []
+    try:  # the classic chroot escape, for a process that keeps CAP_SYS_CHROOT
+        os.makedirs("inner", exist_ok=True)
+        os.chroot("inner")
+        for _ in range(64):
+            os.chdir("..")
+        os.chroot(".")
+        tried.append("chroot escape ran")
+    except OSError as error:
+        tried.append("chroot: " + error.strerror)
+    try:
+        with open({str(PACKAGE_DIR / "ops" / "conv.py")!r}) as reference:
+            tried.append("READ THE REFERENCE " + reference.read(40))
+    except OSError as error:
+        tried.append("reference: " + error.strerror)
+    raise ValueError("; ".join(tried))
+"""
+
+
+@needs_jail
+@pytest.mark.parametrize("namespaces", ["as root", "user namespace"])
+def test_the_jail_cannot_be_left(tmp_path, monkeypatch, namespaces):
+    """As root (the child drops to its own uid) and as in a user namespace (what an ordinary
+    user's grader gets: the child stays root there, with CAP_SYS_CHROOT), the old root is
+    detached (pivot_root), so escaping a chroot finds nothing."""
+    if namespaces == "user namespace":
+        prefix = isolation.namespace_prefix() + ("--user", "--map-root-user")
+        monkeypatch.setattr(isolation, "namespace_prefix", lambda: prefix)
+        monkeypatch.setattr(grader, "namespace_prefix", lambda: prefix)
+        monkeypatch.setattr(isolation, "switches_user", lambda: False)
+    r = graded(attacked(tmp_path, ESCAPE_THE_JAIL), parts=["im2col"])["im2col"]
+    assert r.score == 0 and "reference: No such file or directory" in r.output, r.output
+    assert "READ THE REFERENCE" not in r.output

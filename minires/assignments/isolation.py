@@ -6,12 +6,13 @@ Layers, strongest first (each one is used where the machine allows it):
 - Its own namespaces (`unshare`, util-linux; with `--user --map-root-user` when the grader is not
   root): PID (the grader's PID does not exist inside, and when the namespace's first process ends
   the kernel kills every process left in it), network (no interface but a loopback that is down),
-  IPC, UTS and mount. In its mount namespace the child builds a jail (`enter_jail`): an empty
-  tmpfs root holding, read-only, only the interpreter, the system libraries, NumPy and the
-  stripped minires (stripped.py: no solution in it), the student's files, a writable output
-  folder, a private /tmp (a small tmpfs that dies with the namespace), a fresh /proc and
-  /dev/{null,zero,random,urandom}. The grader's complete minires, where it lies inside one of
-  those folders (a venv), is covered by an empty tmpfs. Then it chroots into the jail.
+  IPC, UTS and mount. In its mount namespace the child builds a jail (`enter_jail`): an empty tmpfs
+  root, made the namespace's root by pivot_root with the old root detached, holding, read-only,
+  only the interpreter, the system libraries, NumPy and the stripped minires (stripped.py: no
+  solution in it), the student's files, a writable output folder, a private /tmp (a small tmpfs
+  that dies with the namespace), a fresh /proc and /dev/{null,zero,random,urandom}. The grader's
+  complete minires, where it lies inside one of those folders (a venv), is covered by an empty
+  tmpfs.
 - Its own unprivileged user, when the grader runs as root (Gradescope runs it as root): each part
   of each submission claims a uid of its own from SANDBOX_UIDS, under a lock that concurrent
   graders share (`claimed_uid`), and the child gives up root for it before any student code
@@ -142,7 +143,9 @@ def claimed_uid():
 # --- the jail (child side, as root in its own mount namespace) -----------------------------------
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_REMOUNT, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 32, 1024, 2048, 4096, 16384
+MS_PRIVATE, MS_RELATIME, ST_RELATIME, MNT_DETACH = 1 << 18, 1 << 21, 4096, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 217}  # no libc wrapper: the raw system call
 SYSTEM_FOLDERS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
 DEVICES = ("null", "zero", "random", "urandom")
 
@@ -167,6 +170,14 @@ def _mount(source, target, fstype, flags, data=None):
         raise OSError(error, f"mount {source} on {target}: {os.strerror(error)}")
 
 
+def _kept_flags(path):
+    """The flags of the mount `path` lies on that a remount must keep (in a user namespace the
+    kernel refuses to clear them): nosuid, nodev, noexec and the access-time ones."""
+    st_flags = os.statvfs(path).f_flag
+    kept = st_flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_NOATIME | MS_NODIRATIME)
+    return kept | (MS_RELATIME if st_flags & ST_RELATIME else 0)
+
+
 def _bind(source, inside, read_only):
     """Mount `source` at the same path inside the jail (a link is copied as a link)."""
     target = Path(inside + source)
@@ -182,11 +193,11 @@ def _bind(source, inside, read_only):
         target.touch()
     _mount(source, target, None, MS_BIND | MS_REC)
     flags = MS_BIND | MS_REMOUNT | MS_NOSUID | MS_NODEV | (MS_RDONLY if read_only else 0)
-    _mount(None, target, None, flags)
+    _mount(None, target, None, flags | _kept_flags(source))
 
 
 def enter_jail(plan, jail):
-    """Build the jail in the empty folder `jail` and chroot into it (as root, in a mount namespace
+    """Build the jail in the empty folder `jail` and make it the root (as root, in a mount namespace
     of this process's own: nothing here is seen outside, and all of it goes with the namespace)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", jail, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
@@ -203,8 +214,31 @@ def enter_jail(plan, jail):
         if os.path.isdir(jail + folder):
             _mount("tmpfs", jail + folder, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV,
                    "size=4k,mode=755")
-    os.chroot(jail)
+    _switch_root(jail)
+
+
+def _switch_root(jail):
+    """Make `jail` this namespace's root and detach the old one, so that nothing of it stays
+    reachable (a chroot alone can be left by a process that keeps CAP_SYS_CHROOT, as root in a
+    user namespace does); chroot where pivot_root's number is not known."""
+    import platform
+
+    number = SYS_PIVOT_ROOT.get(platform.machine())
+    if number is None:
+        os.chroot(jail)
+        os.chdir("/")
+        return
+    old = Path(jail) / ".old-root"
+    old.mkdir()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(number, str(jail).encode(), str(old).encode()) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"pivot_root into {jail}: {os.strerror(error)}")
     os.chdir("/")
+    if libc.umount2(b"/.old-root", MNT_DETACH) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"detaching the old root: {os.strerror(error)}")
+    os.rmdir("/.old-root")
 
 
 # --- the parent's side ---------------------------------------------------------------------------
