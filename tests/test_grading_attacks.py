@@ -774,3 +774,49 @@ def test_the_jail_cannot_be_left(tmp_path, monkeypatch, namespaces):
     r = graded(attacked(tmp_path, ESCAPE_THE_JAIL), parts=["im2col"])["im2col"]
     assert r.score == 0 and "reference: No such file or directory" in r.output, r.output
     assert "READ THE REFERENCE" not in r.output
+
+
+@needs_jail
+def test_a_complete_package_inside_a_readable_folder_is_covered(tmp_path, monkeypatch):
+    """A teacher's venv must stay world-readable, and may hold the complete minires: in the
+    sandbox's mount namespace that folder is an empty tmpfs, the rest of the venv readable."""
+    venv = Path(tempfile.mkdtemp(prefix="minires-test-venv-"))
+    try:
+        venv.chmod(0o755)
+        (venv / "visible.txt").write_text("the venv's other files")
+        (venv / "minires").mkdir(mode=0o755)
+        (venv / "minires" / "answer.txt").write_text("AN ANSWER")
+        for path in (venv / "visible.txt", venv / "minires" / "answer.txt"):
+            path.chmod(0o644)
+        plan = grader.jail_plan
+        monkeypatch.setattr(grader, "jail_plan", lambda readable, writable, hidden: plan(
+            [*readable, venv], writable, [*hidden, venv / "minires"]))
+        attack = f"""
+        def im2col(x, kernel, stride, padding, pad_value=0.0):
+            found = []
+            for name in ("visible.txt", "minires/answer.txt"):
+                try:
+                    with open({str(venv)!r} + "/" + name) as file:
+                        found.append(file.read())
+                except OSError as error:
+                    found.append(name + ": " + error.strerror)
+            raise ValueError(" | ".join(found))
+        """
+        r = graded(attacked(tmp_path, attack), parts=["im2col"])["im2col"]
+        assert "the venv's other files | minires/answer.txt: No such file" in r.output, r.output
+        assert "AN ANSWER" not in r.output
+    finally:
+        shutil.rmtree(venv)
+
+
+def test_the_isolation_line_warns_where_the_sandbox_could_read_the_answers(monkeypatch, tmp_path):
+    monkeypatch.setattr(isolation, "namespace_prefix", lambda: ())
+    monkeypatch.setattr(isolation, "switches_user", lambda: True)
+    monkeypatch.setattr(isolation, "PACKAGE", tmp_path)
+    tmp_path.chmod(0o700)
+    assert "WARNING" not in isolation.isolation_summary()
+    tmp_path.chmod(0o755)
+    assert all(os.stat(p).st_mode & 0o001 for p in tmp_path.parents) == \
+        ("WARNING: no jail" in isolation.isolation_summary())
+    monkeypatch.setattr(isolation, "switches_user", lambda: False)
+    assert "grade untrusted code in a container" in isolation.isolation_summary()

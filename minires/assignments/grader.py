@@ -229,8 +229,8 @@ def _start(assignment, part, seed, timeout, stripped, root, uid):
     work, out = root / "work", root / "out"
     os.chmod(root, 0o711)  # the child (another uid) reaches work/ and out/ by name, lists nothing
     os.chmod(work, 0o755)
-    for path in work.iterdir():
-        os.chmod(path, 0o644)
+    for path in work.iterdir():  # the student's own files; what the grader lent is read as root
+        os.chmod(path, 0o600 if path.suffix == ".npz" else 0o644)
     if uid is not None:
         os.chown(out, uid, uid)
     os.chmod(out, 0o700)
@@ -240,7 +240,7 @@ def _start(assignment, part, seed, timeout, stripped, root, uid):
         spec["jail"] = jail_plan([stripped, work], [out], [PACKAGE_DIR])
         spec["jail_root"] = str(root / "jail")
     (root / "spec.json").write_text(json.dumps(spec))
-    os.chmod(root / "spec.json", 0o644)
+    os.chmod(root / "spec.json", 0o600)  # read by the child while it is still root
     code, _ = run_isolated([sys.executable, "-E", "-s", "-B", "-c", BOOT, str(stripped),
                             str(root / "spec.json")], cwd=out, log=root / "log", timeout=timeout,
                            env=child_environment(stripped), uid=uid)

@@ -46,6 +46,7 @@ from pathlib import Path
 PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
 SANDBOX_UIDS = range(2000, 3000)  # one per running sandbox, machine-wide
 LOCK_FOLDER = Path("/tmp/minires-sandbox-uids")  # every grader on the machine shares it
+PACKAGE = Path(__file__).resolve().parents[1]  # the grader's own (complete) minires
 LINUX = sys.platform.startswith("linux")
 UNSHARE = ("--pid", "--fork", "--kill-child", "--mount", "--net", "--ipc", "--uts")
 
@@ -83,7 +84,20 @@ def isolation_summary():
     if not namespace_prefix() and not switches_user():
         layers.append("WARNING: student code runs as the grader's own user and can read what the "
                       "grader can read; grade untrusted code in a container")
+    elif not namespace_prefix() and _readable_by_others(PACKAGE):
+        layers.append(f"WARNING: no jail, and the complete minires ({PACKAGE}) is readable by the "
+                      "sandbox's user; make it root's alone (chmod -R go-rwx) or grade where "
+                      "unshare works")
     return ", ".join(layers)
+
+
+def _readable_by_others(folder):
+    """True when a user other than the owner may read `folder` and every folder above it."""
+    for path in [folder, *folder.parents]:
+        mode = os.stat(path).st_mode
+        if mode & (0o005 if path == folder else 0o001) != (0o005 if path == folder else 0o001):
+            return False
+    return True
 
 
 # --- one uid per sandbox -------------------------------------------------------------------------
@@ -308,7 +322,7 @@ def run_isolated(command, cwd, log, timeout, env, uid=None):
     everything it started. Returns (exit code or None on timeout, seconds taken)."""
     keep = children() if LINUX else set()
     start = time.monotonic()
-    with open(log, "wb") as output:
+    with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as output:
         process = subprocess.Popen(namespace_prefix() + tuple(command), cwd=cwd, env=env,
                                    stdin=subprocess.DEVNULL, stdout=output,
                                    stderr=subprocess.STDOUT, start_new_session=True,
