@@ -44,8 +44,8 @@ import numpy as np
 
 from .checks import Failure, compare_case
 from .guard import screen_file
-from .isolation import (claimed_uid, child_environment, isolation_summary, jail_plan,
-                        namespace_prefix, reaper, run_isolated)
+from .isolation import (LINUX, claimed_uid, child_environment, isolation_summary, jail_plan,
+                        namespace_prefix, processes_of, reaper, run_isolated)
 from .registry import get
 from .sandbox import BY_HAND_FILE, ERROR_FILE, case_error_file, case_file, lent_file
 from .stripped import stripped_root
@@ -250,9 +250,10 @@ def _start(assignment, part, seed, timeout, stripped, root, uid):
 def child_limits(timeout, uid):
     """The rlimits the child sets on itself (sandbox.limit_resources)."""
     limits = {"cpu": int(timeout) + LIMITS["cpu_slack"], "as": LIMITS["address_space"],
-              "fsize": LIMITS["file_size"], "nofile": LIMITS["open_files"]}
-    if uid is not None:  # RLIMIT_NPROC counts a user's processes: only ours to count
-        limits["nproc"] = LIMITS["processes"]
+              "fsize": LIMITS["file_size"], "nofile": LIMITS["open_files"],
+              "nproc": LIMITS["processes"]}
+    if uid is None and LINUX:  # RLIMIT_NPROC counts all of the user's processes, the
+        limits["nproc"] += len(processes_of(os.getuid()))  # grader's own user's here
     return limits
 
 

@@ -211,7 +211,7 @@ def _bind(source, inside, read_only):
 
 
 def enter_jail(plan, jail):
-    """Build the jail in the empty folder `jail` and make it the root (as root, in a mount namespace
+    """Build the jail in the empty folder `jail`, make it the root (as root, in a mount namespace
     of this process's own: nothing here is seen outside, and all of it goes with the namespace)."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     _mount("tmpfs", jail, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
