@@ -428,7 +428,7 @@ def test_cli_make_and_grade_write_gradescope_results(tmp_path, capsys):
 
 
 def test_cli_grade_errors(tmp_path):
-    with pytest.raises(SystemExit):  # argparse: --assignment is required
+    with pytest.raises(SystemExit, match="--assignment NAME"):
         main(["assignment", "grade", str(tmp_path)])
     make_workspace("conv", tmp_path)
     with pytest.raises(SystemExit, match="has no part 'nope'"):

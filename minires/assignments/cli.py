@@ -12,6 +12,7 @@ before any student code runs (every part 0, "grading did not finish"), then, ato
 scores, so the file never goes missing and never shows marks the grader did not give.
 """
 import argparse
+import json
 import secrets
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from .grader import (PartResult, assignment_of, grade, gradescope_results, table
                      write_results)
 from .registry import all_assignments
 from .release import RELEASE_MARK, gradescope_bundle, release
-from .workspace import PACKAGE_DIR, make_workspace
+from .workspace import MANIFEST, PACKAGE_DIR, make_workspace
 
 
 def add_arguments(parser):
@@ -41,9 +42,9 @@ def add_arguments(parser):
     grade_parser.add_argument("--seed", type=int, help="repeat a run (default: a fresh seed)")
     grade_parser.add_argument("--part", action="append", metavar="NAME",
                               help="grade only this part (repeatable)")
-    grade_parser.add_argument("--assignment", metavar="NAME", required=True,
-                              help="the assignment to grade against (the hand-in's own "
-                                   "assignment.json never chooses it)")
+    grade_parser.add_argument("--assignment", metavar="NAME",
+                              help="the assignment to grade against (required: the hand-in's "
+                                   "own assignment.json never chooses it)")
 
     release_parser = actions.add_parser(
         "release", help="the student copy of minires: every solution removed")
@@ -75,7 +76,7 @@ def run_make(args):
     written = make_workspace(args.name, args.out, args.with_solutions, args.force)
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     print(f"read {args.out / 'README.md'}, then grade yourself: minires assignment grade "
-          f"{args.out}")
+          f"{args.out} --assignment {args.name}")
     return 0
 
 
@@ -87,6 +88,10 @@ def run_grade(args):
     if (PACKAGE_DIR / RELEASE_MARK).exists():
         raise SystemExit("this is a student release of minires: it has no reference solutions "
                          "to grade against. Submit your files to your course's autograder.")
+    if args.assignment is None:
+        raise SystemExit(f"name the assignment to grade {args.directory} against with "
+                         "--assignment NAME; a hand-in's own assignment.json never chooses it"
+                         + _named_by(args.directory))
     assignment = assignment_of(args.directory, args.assignment)
     try:
         chosen = [assignment.part(p) for p in args.part] if args.part else assignment.parts
@@ -102,6 +107,15 @@ def run_grade(args):
     if args.json is not None:
         write_results(args.json, gradescope_results(results, assignment, seed))
     return 0 if all(r.score == r.max_score for r in results) else 1
+
+
+def _named_by(directory):
+    """' (this one's says conv)': what the hand-in's assignment.json names, as a hint only."""
+    try:
+        name = json.loads((directory / MANIFEST).read_text())["assignment"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (this one's says {name})" if isinstance(name, str) and name.isidentifier() else ""
 
 
 def run_release(args):
