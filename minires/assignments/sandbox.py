@@ -154,16 +154,12 @@ def run(cases, lent, directory, assignment, part, out):
 
 # --- what `impl` is in the child -----------------------------------------------------------------
 
-def load_student_module(path):
-    from .student import load_module
-
-    return load_module(path)
-
-
 def student_impl(directory, assignment, part):
     """The student's files the part needs, and nothing else: the stripped minires around them has
     no answer to lend, so each target runs with the student's own other functions."""
-    return SimpleNamespace(**{Path(f).stem: load_student_module(Path(directory) / f)
+    from .student import load_module
+
+    return SimpleNamespace(**{Path(f).stem: load_module(Path(directory) / f)
                               for f in assignment.files_of(part)})
 
 
