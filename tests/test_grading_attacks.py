@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -385,6 +386,31 @@ def test_terminal_escapes_never_reach_the_teachers_screen(tmp_path, capsys):
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
 
 
+@needs_jail
+def test_the_sandbox_has_no_network(tmp_path):
+    """A server of the grader's machine on its loopback: the sandbox cannot reach it."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    attack = f"""
+    import socket
+
+    def im2col(x, kernel, stride, padding, pad_value=0.0):
+        try:
+            socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"answers?")
+            raise ValueError("CONNECTED")
+        except OSError as error:
+            raise ValueError("network: " + error.strerror)
+    """
+    try:
+        r = graded(attacked(tmp_path, attack), parts=["im2col"])["im2col"]
+        assert "network: Network is unreachable" in r.output and "CONNECTED" not in r.output
+        with pytest.raises(TimeoutError):
+            server.accept()
+    finally:
+        server.close()
+
+
 def test_files_written_outside_the_sandbox_folder_do_not_stay(tmp_path):
     marker = f"minires-escape-{os.getpid()}"
     attack = leaving(f"""
@@ -691,12 +717,23 @@ def im2col(x: np.ndarray, kernel, stride, padding, pad_value=0.0) -> np.ndarray:
     rows = [np.stack([input[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] for j in range(kw)],
                      axis=2) for i in range(kh)]
     return np.stack(rows, axis=2)
+
+
+def _einsum_forward(self, x: np.ndarray, w: np.ndarray, b=None) -> np.ndarray:
+    cols = im2col(x, self.kernel, self.stride, self.padding)
+    n, oh, ow = x.shape[0], cols.shape[4], cols.shape[5]
+    self.cols, self.x_shape, self.w = cols.reshape(n, -1, oh * ow), x.shape, w
+    y = np.einsum("ncijyx,ocij->noyx", cols, w)
+    return y if b is None else y + b.reshape(1, -1, 1, 1)
+
+
+Conv2d.forward = _einsum_forward
 """
 
 
 def test_honest_code_scores_full_marks_and_no_advice(tmp_path):
-    """np.stack, a variable named `input`, `from __future__ import annotations` and a UTF-8 BOM:
-    nothing suspicious."""
+    """np.stack, einsum, loops, a variable named `input`, `from __future__ import annotations` and
+    a UTF-8 BOM: full marks, nothing suspicious."""
     make_workspace("conv", tmp_path, with_solutions=True)
     path = tmp_path / "conv.py"
     source = path.read_text()
@@ -706,7 +743,7 @@ def test_honest_code_scores_full_marks_and_no_advice(tmp_path):
     future = "from __future__ import annotations\n"
     honest = future + honest.replace(future, "")  # a __future__ import goes first
     path.write_bytes(b"\xef\xbb\xbf" + honest.encode())
-    for r in graded(tmp_path).values():
+    for r in graded(tmp_path, parts=[*PARTS, "conv2d_forward", "conv2d_backward"]).values():
         assert r.score == r.max_score and "advice" not in r.output, r.output
 
 
@@ -765,6 +802,11 @@ def im2col(x, kernel, stride, padding, pad_value=0.0):
             tried.append("READ THE REFERENCE " + reference.read(40))
     except OSError as error:
         tried.append("reference: " + error.strerror)
+    try:
+        with open({str(PACKAGE_DIR / "assignments" / "grader.py")!r}, "a") as grader:
+            tried.append("CHANGED THE GRADER")
+    except OSError as error:
+        tried.append("grader: " + error.strerror)
     raise ValueError("; ".join(tried))
 """
 
@@ -782,7 +824,8 @@ def test_the_jail_cannot_be_left(tmp_path, monkeypatch, namespaces):
         monkeypatch.setattr(isolation, "switches_user", lambda: False)
     r = graded(attacked(tmp_path, ESCAPE_THE_JAIL), parts=["im2col"])["im2col"]
     assert r.score == 0 and "reference: No such file or directory" in r.output, r.output
-    assert "READ THE REFERENCE" not in r.output
+    assert "grader: No such file or directory" in r.output
+    assert "READ THE REFERENCE" not in r.output and "CHANGED THE GRADER" not in r.output
 
 
 @needs_jail
