@@ -872,3 +872,23 @@ def test_the_isolation_line_warns_where_the_sandbox_could_read_the_answers(monke
         ("WARNING: no jail" in isolation.isolation_summary())
     monkeypatch.setattr(isolation, "switches_user", lambda: False)
     assert "grade untrusted code in a container" in isolation.isolation_summary()
+
+
+@pytest.mark.skipif(not isolation.switches_user(), reason="the grader mounts a tmpfs as root")
+def test_filling_the_output_folder_fills_only_a_bounded_tmpfs(tmp_path):
+    attack = """
+    def im2col(x, kernel, stride, padding, pad_value=0.0):
+        written, block = 0, bytes(1 << 24)
+        try:
+            for i in range(64):  # 1 GiB, if nothing stopped it
+                with open("filler%d" % i, "wb") as filler:
+                    filler.write(block)
+                written += len(block)
+        except OSError as error:
+            raise ValueError("wrote %d MiB: %s" % (written >> 20, error.strerror))
+        raise ValueError("wrote 1 GiB")
+    """
+    r = graded(attacked(tmp_path, attack), parts=["im2col"])["im2col"]
+    assert "No space left on device" in r.output, r.output
+    mounts = Path("/proc/self/mounts").read_text()
+    assert "minires-grade-" not in mounts

@@ -44,8 +44,9 @@ import numpy as np
 
 from .checks import Failure, compare_case
 from .guard import screen_file
-from .isolation import (LINUX, claimed_uid, child_environment, isolation_summary, jail_plan,
-                        namespace_prefix, processes_of, reaper, run_isolated)
+from .isolation import (LINUX, bounded_folder, claimed_uid, child_environment,
+                        isolation_summary, jail_plan, namespace_prefix, processes_of, reaper,
+                        run_isolated)
 from .registry import get
 from .sandbox import BY_HAND_FILE, ERROR_FILE, case_error_file, case_file, lent_file
 from .stripped import stripped_root
@@ -56,6 +57,7 @@ TEXT_LIMIT = 16000          # bytes of a text the child wrote that the grader re
 SOURCE_LIMIT = 2**20        # bytes of a student file the grader copies
 RESULT_BYTES = 64 * 2**20   # the most a case's .npz may hold, packed or unpacked
 RESULT_MEMBERS = 64         # the most arrays a case's .npz may hold
+OUTPUT_BYTES = 256 * 2**20  # the most a part's output folder holds, where the grader is root
 # The child's first line: the stripped minires first on its path, nothing from the current folder
 # or the environment (-E -s; Python 3.9's spelling of 3.11's -P), and only Python's own import
 # machinery (an editable install's finder would find the complete package's modules)
@@ -217,9 +219,9 @@ def run_sandboxed(assignment, part, cases, sources, seed, timeout, stripped):
             (work / filename).write_bytes(sources[filename])
         reference = reference_impl(assignment)
         lent = lend(cases, reference, work)
-        with claimed_uid() as uid:
+        with claimed_uid() as uid, bounded_folder(out, OUTPUT_BYTES):
             code = _start(assignment, part, seed, timeout, stripped, root, uid)
-        return judge(cases, lent, reference, out, code, timeout, root / "log")
+            return judge(cases, lent, reference, out, code, timeout, root / "log")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

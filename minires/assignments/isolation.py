@@ -257,6 +257,23 @@ def _switch_root(jail):
 
 # --- the parent's side ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def bounded_folder(folder, size):
+    """While open, `folder` is a tmpfs of at most `size` bytes (root on Linux only; elsewhere it
+    stays as it is): a sandbox that writes file after file fills its own folder, not the disk the
+    other graders share. Unmounted, with whatever is in it, on exit."""
+    if not (LINUX and switches_user()):
+        yield
+        return
+    _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           f"size={size},mode=700")
+    try:
+        yield
+    finally:
+        if _libc().umount2(str(folder).encode(), MNT_DETACH) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"unmounting {folder}: {os.strerror(error)}")
+
 def _libc():
     return ctypes.CDLL(None, use_errno=True)
 
