@@ -141,6 +141,15 @@ def test_the_sandbox_cannot_read_the_complete_package_nor_the_graders_files(tmp_
         assert json.dumps(line)[1:-1] not in feedback, line
 
 
+def test_a_hand_in_that_links_to_the_answer_is_refused(tmp_path):
+    """The grader reads the hand-in itself (as root, on Gradescope): never through a link."""
+    make_workspace("conv", tmp_path)
+    (tmp_path / "conv.py").unlink()
+    (tmp_path / "conv.py").symlink_to(PACKAGE_DIR / "ops" / "conv.py")
+    for r in graded(tmp_path).values():
+        assert r.score == 0 and "refused: conv.py cannot be opened as a plain file" in r.output
+
+
 def test_the_fast_ops_are_not_there(tmp_path):
     attack = """
     from minires.fast import conv as _fast

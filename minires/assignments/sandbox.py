@@ -5,8 +5,8 @@
 The grader starts this module under `unshare` with the stripped minires first on its path
 (stripped.py: no solution anywhere in it) and never trusts what comes back beyond plain arrays.
 Before any student code loads, the child, still root in its own namespaces, builds its jail and
-chroots into it (isolation.enter_jail), asks the kernel to kill it if the grader dies, imports what
-it needs, gives up root for the uid the grader claimed for it, and sets its resource limits.
+makes it its root (isolation.enter_jail), asks the kernel to kill it if the grader dies, imports
+what it needs, gives up root for the uid the grader claimed for it, and sets its resource limits.
 
 Then, for each case of the part, it writes `case<i>.npz` (`output:<name>` arrays, and
 `input:<name>`: the inputs as the student's code left them), or `case<i>.txt`: why that case
@@ -72,7 +72,7 @@ def preload():
     for name in sorted(STANDARD) + ["numpy.random", "numpy.linalg", "numpy.lib.stride_tricks",
                                     "traceback", "linecache", "minires.functional",
                                     "minires.gradcheck", "minires.assignments.registry",
-                                    "minires.assignments.checks", "encodings.idna"]:
+                                    "minires.assignments.checks"]:
         importlib.import_module(name)
 
 
