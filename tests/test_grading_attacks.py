@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from minires import functional as F
-from minires.assignments import get, grade, grader, isolation, sandbox
+from minires.assignments import get, grade, grader, isolation, sandbox, stripped
 from minires.assignments.checks import Failure, expect_close
 from minires.assignments.workspace import PACKAGE_DIR, make_workspace
 from minires.cli import main
@@ -63,11 +63,12 @@ def sandbox_processes():
 
 
 def solution_lines(relative):
-    """The non-trivial lines between the solution markers of one of minires' files."""
+    """The non-trivial lines found only between the solution markers of one of minires' files."""
     text = (PACKAGE_DIR / relative).read_text()
-    bodies = [chunk.split("# END SOLUTION")[0] for chunk in text.split("# BEGIN SOLUTION")[1:]]
-    return [line.strip() for body in bodies for line in body.splitlines()
-            if len(line.strip()) > 25]
+    chunks = [chunk.split("# END SOLUTION") for chunk in text.split("# BEGIN SOLUTION")[1:]]
+    elsewhere = text.split("# BEGIN SOLUTION")[0] + "".join(c[-1] for c in chunks)
+    return [line.strip() for chunk in chunks for line in chunk[0].splitlines()
+            if len(line.strip()) > 25 and line.strip() not in elsewhere]
 
 
 # --- 1. nothing to find --------------------------------------------------------------------------
@@ -901,3 +902,21 @@ def test_filling_the_output_folder_fills_only_a_bounded_tmpfs(tmp_path):
     assert "No space left on device" in r.output, r.output
     mounts = Path("/proc/self/mounts").read_text()
     assert "minires-grade-" not in mounts
+
+
+def test_the_stripped_build_has_no_solution_and_is_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv(stripped.CACHE_ENV, str(tmp_path / "cache"))
+    old = tmp_path / "cache" / "an-old-version"
+    old.mkdir(parents=True)
+    os.utime(old, (0, 0))
+    root = stripped.stripped_root()
+    assert stripped.stripped_root() == root and not old.exists()
+    package = root / "minires"
+    assert not (package / "fast").exists()
+    for relative in ("ops/conv.py", "ops/norm.py", "ops/activation.py", "ops/residual.py",
+                     "autograd.py", "assignments/block.py"):
+        text = (package / relative).read_text()
+        assert "# BEGIN SOLUTION" not in text and "NotImplementedError(\"TODO:" in text
+        for line in solution_lines(relative):
+            assert line not in text, (relative, line)
+    assert stat.S_IMODE((package / "ops" / "conv.py").stat().st_mode) == 0o644

@@ -5,13 +5,15 @@ TODO stub (workspace.stub_source, as in the student release) and minires/fast/ (
 solutions) is left out, so no import, attribute walk or file read inside the sandbox finds an
 answer. It is built once per package source and cached: the folder's name holds a hash of every
 .py file of the package, so an edited reference makes a new build and an unchanged one is reused
-by every part, every submission and every concurrent grader.
+by every part, every submission and every concurrent grader; other versions' builds are removed
+a day after they were made.
 """
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 from .registry import all_assignments
@@ -19,6 +21,7 @@ from .workspace import PACKAGE_DIR, source_path, stub_source
 
 LEFT_OUT = ("fast",)  # complete fast solutions: not stubbed, not copied
 CACHE_ENV = "MINIRES_STRIPPED_CACHE"  # where builds are kept (default: the temp folder)
+STALE_AFTER = 24 * 3600  # seconds after which another version's build is removed
 
 
 def package_files(package=PACKAGE_DIR):
@@ -93,4 +96,13 @@ def stripped_root(package=PACKAGE_DIR):
             raise
     finally:
         shutil.rmtree(building, ignore_errors=True)
+    _prune(root, keep=final)
     return final
+
+
+def _prune(root, keep, age=STALE_AFTER):
+    """Remove the builds of other package versions made more than `age` seconds ago (a grader
+    still running an older version within that time keeps its build)."""
+    for build in root.iterdir():
+        if build != keep and time.time() - build.lstat().st_mtime > age:
+            shutil.rmtree(build, ignore_errors=True)
