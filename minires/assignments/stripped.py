@@ -6,7 +6,7 @@ solutions) is left out, so no import, attribute walk or file read inside the san
 answer. It is built once per package source and cached: the folder's name holds a hash of every
 .py file of the package, so an edited reference makes a new build and an unchanged one is reused
 by every part, every submission and every concurrent grader; other versions' builds are removed
-a day after they were made.
+a day after they were last used.
 """
 import hashlib
 import os
@@ -84,6 +84,7 @@ def stripped_root(package=PACKAGE_DIR):
     root = _cache_root()
     final = root / source_hash(package)
     if final.is_dir():
+        os.utime(final)  # in use: not stale for another day
         return final
     building = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     try:
@@ -101,8 +102,8 @@ def stripped_root(package=PACKAGE_DIR):
 
 
 def _prune(root, keep, age=STALE_AFTER):
-    """Remove the builds of other package versions made more than `age` seconds ago (a grader
-    still running an older version within that time keeps its build)."""
+    """Remove the builds of other package versions last used more than `age` seconds ago (a
+    grader still running an older version keeps its build)."""
     for build in root.iterdir():
         if build != keep and time.time() - build.lstat().st_mtime > age:
             shutil.rmtree(build, ignore_errors=True)
