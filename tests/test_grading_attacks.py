@@ -238,7 +238,9 @@ def test_the_teacher_names_the_assignment_never_the_hand_in(tmp_path, capsys):
     capsys.readouterr()
     assert main(["assignment", "grade", str(tmp_path), "--assignment", "conv", "--part",
                  "col2im"]) == 0
-    assert "assignment 1: conv" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.startswith(f"isolation: {isolation.isolation_summary()}\n")  # said first
+    assert "assignment 1: conv" in out
 
 
 def test_python_m_minires_imports_nothing_from_the_hand_in(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .grader import (PartResult, assignment_of, grade, gradescope_results, table,
                      write_results)
+from .isolation import isolation_summary
 from .registry import all_assignments
 from .release import RELEASE_MARK, gradescope_bundle, release
 from .workspace import MANIFEST, PACKAGE_DIR, make_workspace
@@ -98,6 +99,7 @@ def run_grade(args):
     except KeyError as error:  # an unknown --part
         raise SystemExit(error.args[0]) from None
     seed = secrets.randbits(32) if args.seed is None else args.seed
+    print(f"isolation: {isolation_summary()}", flush=True)  # first: what protects this run
     if args.json is not None:  # what the file says if grading never finishes
         unfinished = [PartResult(p.name, 0, p.points, "grading did not finish",
                                  "grading did not finish") for p in chosen]

@@ -352,10 +352,9 @@ def reference_impl(assignment):
 # --- reporting -----------------------------------------------------------------------------------
 
 def table(assignment, seed, results):
-    """The isolation line, the score table, then every failing part's output."""
+    """The score table, then every failing part's output."""
     width = max(len(r.name) for r in results)
-    lines = [f"isolation: {isolation_summary()}",
-             f"assignment {assignment.number}: {assignment.name} (seed {seed}; repeat with "
+    lines = [f"assignment {assignment.number}: {assignment.name} (seed {seed}; repeat with "
              f"--seed {seed})", ""]
     for r in results:
         verdict = textwrap.shorten(r.verdict, 90, placeholder=" ...")
