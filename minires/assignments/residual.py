@@ -10,7 +10,8 @@ values and matrices: the sandbox's minires has no solution to run) and compares 
 gradients with the reference block's, bit-close. Then the student writes the block's whole backward
 by hand (block.py: op by op, in reverse, over the ops the forward kept), which must give every
 gradient and the split dL/dx = shortcut part + branch part. The workspace ends with
-compare_gradients.py: plain versus residual networks on the student's own ops, and the split from the student's code.
+compare_gradients.py: plain versus residual networks on the student's own ops, and the split from
+the student's code.
 """
 import numpy as np
 
