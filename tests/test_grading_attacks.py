@@ -922,3 +922,22 @@ def test_the_stripped_build_has_no_solution_and_is_reused(tmp_path, monkeypatch)
         for line in solution_lines(relative):
             assert line not in text, (relative, line)
     assert stat.S_IMODE((package / "ops" / "conv.py").stat().st_mode) == 0o644
+
+
+def test_each_case_scores_its_share_and_results_list_them(tmp_path):
+    """An im2col that ignores pad_value fails one case of five: 4/5 of the part's 2 points."""
+    attack = """
+    _im2col = im2col
+
+    def im2col(x, kernel, stride, padding, pad_value=0.0):
+        return _im2col(x, kernel, stride, padding)
+    """
+    json_path = tmp_path / "results.json"
+    assert main(["assignment", "grade", str(attacked(tmp_path / "hw", attack)), "--assignment",
+                 "conv", "--part", "im2col", "--seed", str(SEED), "--json", str(json_path)]) == 1
+    results = json.loads(json_path.read_text())
+    assert results["score"] == 1.6 and results["tests"][0]["score"] == 1.6
+    cases = results["extra_data"]["cases"]["im2col"]
+    assert [(c["passed"], c["score"], c["max_score"]) for c in cases] == \
+        [(True, 0.4, 0.4)] * 4 + [(False, 0, 0.4)]
+    assert "4 of 5 cases pass: 1.6 / 2 points" in results["tests"][0]["output"]
