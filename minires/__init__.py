@@ -8,12 +8,19 @@ readable ones instead.
 `import minires` needs only NumPy and loads the engine and the ops; `minires.nn`, `models`,
 `optim`, `inspect` and the rest load when they are imported.
 """
-from . import backend, functional
-from .autograd import Function, Tensor, no_grad, tensor
-from .backend import gpu_available
-from .anomaly import detect_anomaly
-from .functional import use_fast_ops, use_reference_ops
-from .gradcheck import gradcheck  # eager: the submodule of the same name must not shadow it
+import os as _os
+import sys as _sys
+
+if _sys.argv[:1] == ["-m"] and _sys.path[:1] in ([""], [_os.getcwd()]):
+    del _sys.path[0]  # `python -m minires` in a student's hand-in: import nothing from that folder
+
+from . import backend, functional  # noqa: E402
+from .autograd import Function, Tensor, no_grad, tensor  # noqa: E402
+from .backend import gpu_available  # noqa: E402
+from .anomaly import detect_anomaly  # noqa: E402
+from .functional import use_fast_ops, use_reference_ops  # noqa: E402
+# eager: the submodule of the same name must not shadow it
+from .gradcheck import gradcheck  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minires.assignments import all_assignments, grade, grader, gradescope_results, load_workspace
+from minires.assignments import all_assignments, grade, gradescope_results, load_workspace
 from minires.assignments.registry import Target
 from minires.assignments.workspace import BEGIN, END, make_workspace, stub_source
 from minires.assignments import block
@@ -38,8 +38,10 @@ def each_assignment():
 
 
 def scores(directory, timeout=TIMEOUT, parts=None):
-    """{part: PartResult} of a seeded grading run (of `parts` only, if given)."""
-    _, results = grade(directory, seed=SEED, timeout=timeout, parts=parts)
+    """{part: PartResult} of a seeded grading run (of `parts` only, if given), against the
+    assignment the test made the workspace for (the teacher names it, never the hand-in)."""
+    name = json.loads((Path(directory) / "assignment.json").read_text())["assignment"]
+    _, results = grade(directory, name, seed=SEED, timeout=timeout, parts=parts)
     return {r.name: r for r in results}
 
 
@@ -53,10 +55,10 @@ def reference_workspace(tmp_path, name, bug_file=None, bug=""):
 
 
 def assert_only_failing(results, failing):
-    """The parts in `failing` score 0; every other part scores full marks."""
+    """The parts in `failing` lose points (a part scores per case: the cases the bug does not
+    touch keep theirs); every other part scores full marks."""
     assert {name for name, r in results.items() if r.score < r.max_score} == set(failing), \
         {name: r.output for name, r in results.items()}
-    assert all(results[name].score == 0 for name in failing)
 
 
 # --- the three outcomes every assignment must get right ------------------------------------------
@@ -229,7 +231,7 @@ ResidualAdd.backward = lambda self, gy: (gy, 0.5 * gy)
                  ["forward_eval_and_running_stats"], "running_var: first wrong element at index",
                  marks=MARKS["batchnorm"], id="batchnorm-biased-running-variance"),
     pytest.param("residual", "residual.py", RESIDUAL_ADD_IN_PLACE,
-                 ["residual_add_forward", "residual_add_backward", "basic_block_backward"],
+                 ["residual_add_forward", "residual_add_backward"],
                  "shortcut: your code changed this input in place", marks=MARKS["residual"],
                  id="residual-add-in-place"),
     pytest.param("residual", "block.py", BLOCK_BACKWARD_WITHOUT_THE_SHORTCUT,
@@ -297,10 +299,8 @@ def test_missing_variance_term_would_pass_a_sum_of_outputs_check(tmp_path):
     ("def im2col(x, kernel, stride, padding, pad_value=0.0):\n    return x[5]\n",
      "IndexError: index 5 is out of bounds"),
 ], ids=["infinite-loop", "wrong-shape", "process-dies", "exception"])
-def test_misbehaving_part_costs_that_part_only(tmp_path, monkeypatch, bug, message):
+def test_misbehaving_part_costs_that_part_only(tmp_path, bug, message):
     timeout = 3 if "while True" in bug else TIMEOUT  # short only where a part must time out
-    if "import os" in bug:  # the screen refuses `os`; let it through to see the process die
-        monkeypatch.setattr(grader, "screen_workspace", lambda directory, assignment: {})
     results = scores(reference_workspace(tmp_path, "conv", "conv.py", bug), timeout=timeout,
                      parts=["im2col", "col2im"])
     assert_only_failing(results, ["im2col"])
@@ -404,8 +404,8 @@ def test_cli_list(capsys):
 def test_cli_make_and_grade_write_gradescope_results(tmp_path, capsys):
     workspace, results_json = tmp_path / "hw1", tmp_path / "results.json"
     assert main(["assignment", "make", "conv", "--out", str(workspace)]) == 0
-    grade_args = ["assignment", "grade", str(workspace), "--json", str(results_json), "--seed",
-                  str(SEED), "--timeout", str(TIMEOUT)]
+    grade_args = ["assignment", "grade", str(workspace), "--assignment", "conv", "--json",
+                  str(results_json), "--seed", str(SEED), "--timeout", str(TIMEOUT)]
     assert main(grade_args) == 1
     out = capsys.readouterr().out
     assert f"seed {SEED}" in out
@@ -422,20 +422,20 @@ def test_cli_make_and_grade_write_gradescope_results(tmp_path, capsys):
     assert main(grade_args + ["--part", "col2im"]) == 0
     results = json.loads(results_json.read_text())
     assert results["tests"] == gradescope_results(
-        grade(workspace, seed=SEED, parts=["col2im"])[1])["tests"]
+        grade(workspace, "conv", seed=SEED, parts=["col2im"])[1])["tests"]
     assert results["score"] == 2 and [t["name"] for t in results["tests"]] == ["col2im"]
     assert results["extra_data"]["parts"] == ["col2im"]
 
 
 def test_cli_grade_errors(tmp_path):
-    with pytest.raises(SystemExit, match="no assignment.json"):
+    with pytest.raises(SystemExit, match="--assignment NAME"):
         main(["assignment", "grade", str(tmp_path)])
     make_workspace("conv", tmp_path)
     with pytest.raises(SystemExit, match="has no part 'nope'"):
-        main(["assignment", "grade", str(tmp_path), "--part", "nope"])
+        main(["assignment", "grade", str(tmp_path), "--assignment", "conv", "--part", "nope"])
 
 
 def test_fresh_seed_every_run(tmp_path):
     make_workspace("residual", tmp_path)
-    seeds = {grade(tmp_path, parts=["relu_forward"])[0] for _ in range(3)}
+    seeds = {grade(tmp_path, "residual", parts=["relu_forward"])[0] for _ in range(3)}
     assert len(seeds) == 3

@@ -6,8 +6,10 @@ The bundle is unzipped into a temporary directory laid out as Gradescope lays ou
 """
 import json
 import os
+import stat
 import subprocess
 import sys
+import textwrap
 import zipfile
 
 import pytest
@@ -52,3 +54,84 @@ def test_gradescope_bundle_grades_a_submission_end_to_end(tmp_path):
                       "basic_block_backward": 0, "block_backward_by_hand": 6,
                       "plus_one_split": 4}  # residual.py's parts only, never filled in
     assert "residual.py is missing" in results["tests"][2]["output"]
+
+
+def dry_run_root(tmp_path, name, timeout=60):
+    """The bundle for `name` unpacked as Gradescope lays out /autograder; returns (root, run)."""
+    bundle = tmp_path / "autograder.zip"
+    assert main(["assignment", "gradescope", name, "--out", str(bundle), "--timeout",
+                 str(timeout)]) == 0
+    root = tmp_path / "autograder"
+    unpack(bundle, root / "source")
+    (root / "run_autograder").write_bytes((root / "source" / "run_autograder").read_bytes())
+    os.chmod(root / "run_autograder", 0o755)
+
+    def run(python=sys.executable):
+        env = dict(os.environ, MINIRES_AUTOGRADER_ROOT=str(root), MINIRES_PYTHON=python)
+        env.pop("PYTHONPATH", None)  # the bundle's own minires, as on Gradescope
+        done = subprocess.run([str(root / "run_autograder")], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads((root / "results" / "results.json").read_text())
+    return root, run
+
+
+def test_setup_builds_a_venv_on_ubuntu_22_04_and_24_04(tmp_path):
+    """24.04's pip refuses system-wide installs (PEP 668): the dependencies go into a venv, and
+    run_autograder runs that venv's Python."""
+    root, _ = dry_run_root(tmp_path, "conv")
+    setup = (root / "source" / "setup.sh").read_text()
+    assert "python3-venv" in setup and "util-linux" in setup
+    assert "python3 -m venv /autograder/minires-venv" in setup
+    assert "/autograder/minires-venv/bin/pip install" in setup
+    assert "\npip3 install" not in setup and "--break-system-packages" not in setup
+    assert "/autograder/minires-venv/bin/python" in (root / "run_autograder").read_text()
+    assert subprocess.run(["bash", "-n", str(root / "source" / "setup.sh")]).returncode == 0
+
+
+def test_results_say_zero_before_python_starts(tmp_path):
+    """A Python that cannot start (a missing dependency, a crash) leaves every part at 0 with a
+    message, never an older score."""
+    root, run = dry_run_root(tmp_path, "conv")
+    (root / "results").mkdir()
+    (root / "results" / "results.json").write_text('{"score": 10, "tests": []}')
+    make_workspace("conv", root / "submission", with_solutions=True)
+    results = run(python="/bin/false")
+    assert results["score"] == 0
+    assert [(t["name"], t["score"]) for t in results["tests"]] == [
+        (p.name, 0) for p in get("conv").parts]
+    assert all("did not finish" in t["output"] for t in results["tests"])
+
+
+@pytest.mark.assignment_conv
+def test_gradescope_dry_run_against_hostile_hand_ins(tmp_path):
+    """Through the bundle: an untouched workspace that loads the complete package's conv.py
+    scores 0, a link in the output leaks nothing, and source/ is root's alone afterwards."""
+    root, run = dry_run_root(tmp_path, "conv", timeout=20)
+    source_conv = root / "source" / "minires" / "ops" / "conv.py"
+    make_workspace("conv", root / "submission")
+    path = root / "submission" / "conv.py"
+    path.write_text(path.read_text() + textwrap.dedent(f"""
+
+        import importlib.util as _util
+        import os as _os
+
+        def _fresh():
+            spec = _util.spec_from_file_location("minires.ops.fresh", {str(source_conv)!r})
+            module = _util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+
+        def im2col(x, kernel, stride, padding, pad_value=0.0):
+            return _fresh().im2col(x, kernel, stride, padding, pad_value)
+
+        def col2im(cols, x_shape, stride, padding):
+            _os.symlink({str(source_conv)!r}, "case0.txt")
+            _os._exit(0)
+        """))
+    results = run()
+    assert results["score"] == 0 and results["extra_data"]["finished"], results
+    feedback = json.dumps(results)
+    assert "BEGIN SOLUTION" not in feedback and "cannot be opened as a plain file" in feedback
+    assert stat.S_IMODE((root / "source").stat().st_mode) == 0o700
+    assert stat.S_IMODE(source_conv.stat().st_mode) & 0o077 == 0

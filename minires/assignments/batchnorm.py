@@ -8,7 +8,7 @@ term would pass.
 from typing import NamedTuple
 
 from .checks import leaf, named_gradients
-from .registry import Assignment, Case, Part, Target
+from .definitions import Assignment, Case, Part, Target
 
 
 class Setting(NamedTuple):
@@ -157,7 +157,7 @@ ASSIGNMENT = Assignment(
         Target("norm.py", "BatchNorm.backward", BACKWARD_DOC),
     ),
     parts=(
-        Part("forward_train", 2, "training forward with batch statistics (reference "
+        Part("forward_train", 2, "training forward with batch statistics (with your "
              "_update_running)", forward_train_cases, ("BatchNorm.forward",)),
         Part("forward_eval_and_running_stats", 2, "running statistics (momentum, unbiased "
              "variance) and the evaluation forward", forward_eval_and_running_stats_cases,

@@ -5,7 +5,8 @@ commands.
     minires assignment release --out student-minires [--assign conv batchnorm] [--solutions conv]
                                [--hints full|shapes|none] [--course course.json]
     minires assignment make conv --out hw1
-    minires assignment grade hw1 [--json results.json] [--timeout S] [--seed N] [--part NAME]
+    minires assignment grade hw1 --assignment conv [--json results.json] [--timeout S]
+                                 [--seed N] [--part NAME]
     minires assignment gradescope conv --out conv-autograder.zip
     minires assignment check conv [--workspace hw1]   # public checks, no reference needed
     minires assignment submit conv --out submission   # a student copy's files, for the autograder
@@ -15,16 +16,18 @@ before any student code runs (every part 0, "grading did not finish"), then, ato
 scores, so the file never goes missing and never shows marks the grader did not give.
 """
 import argparse
+import json
 import secrets
 from pathlib import Path
 
 from .grader import (PartResult, assignment_of, grade, gradescope_results, table,
                      write_results)
+from .isolation import isolation_summary
 from .registry import all_assignments
 from .public_checks import report, run_checks
 from .release import RELEASE_MARK, gradescope_bundle, release
 from .submit import submit
-from .workspace import DEFAULT_HINTS, HINTS, PACKAGE_DIR, make_workspace
+from .workspace import DEFAULT_HINTS, HINTS, MANIFEST, PACKAGE_DIR, make_workspace
 
 
 def add_arguments(parser):
@@ -49,7 +52,8 @@ def add_arguments(parser):
     grade_parser.add_argument("--part", action="append", metavar="NAME",
                               help="grade only this part (repeatable)")
     grade_parser.add_argument("--assignment", metavar="NAME",
-                              help="which assignment, when the directory has no assignment.json")
+                              help="the assignment to grade against (required: the hand-in's "
+                                   "own assignment.json never chooses it)")
 
     release_parser = actions.add_parser(
         "release", help="the student copy of minires: a working package, the assigned parts blank")
@@ -108,7 +112,8 @@ def run_make(args):
     written = make_workspace(args.name, args.out, args.with_solutions, args.force, args.hints)
     print(f"wrote {', '.join(p.name for p in written)} to {args.out}")
     print(f"read {args.out / 'README.md'}; check with: minires assignment check {args.name} "
-          f"--workspace {args.out}; grade with: minires assignment grade {args.out}")
+          f"--workspace {args.out}; grade with: minires assignment grade {args.out} "
+          f"--assignment {args.name}")
     return 0
 
 
@@ -120,18 +125,23 @@ def run_grade(args):
     if (PACKAGE_DIR / RELEASE_MARK).exists():
         raise SystemExit("this is a student release of minires: it has no reference solutions "
                          "to grade against. Submit your files to your course's autograder.")
+    if args.assignment is None:
+        raise SystemExit(f"name the assignment to grade {args.directory} against with "
+                         "--assignment NAME; a hand-in's own assignment.json never chooses it"
+                         + _named_by(args.directory))
     assignment = assignment_of(args.directory, args.assignment)
     try:
         chosen = [assignment.part(p) for p in args.part] if args.part else assignment.parts
     except KeyError as error:  # an unknown --part
         raise SystemExit(error.args[0]) from None
     seed = secrets.randbits(32) if args.seed is None else args.seed
+    print(f"isolation: {isolation_summary()}", flush=True)  # first: what protects this run
     if args.json is not None:  # what the file says if grading never finishes
         unfinished = [PartResult(p.name, 0, p.points, "grading did not finish",
                                  "grading did not finish") for p in chosen]
         _write_json(args.json, gradescope_results(unfinished, assignment, seed, False))
     seed, results = grade(args.directory, assignment.name, seed, args.timeout, args.part)
-    print(table(assignment, seed, results))
+    print(table(assignment, seed, results), flush=True)
     if args.json is not None:
         _write_json(args.json, gradescope_results(results, assignment, seed))
     return 0 if all(r.score == r.max_score for r in results) else 1
@@ -144,6 +154,15 @@ def _write_json(path, report):
     except OSError as err:
         raise SystemExit(f"minires assignment: cannot write {err.filename or path}: "
                          f"{err.strerror or err}") from None
+
+
+def _named_by(directory):
+    """' (this one's says conv)': what the hand-in's assignment.json names, as a hint only."""
+    try:
+        name = json.loads((directory / MANIFEST).read_text())["assignment"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return f" (this one's says {name})" if isinstance(name, str) and name.isidentifier() else ""
 
 
 def run_release(args):

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from ..ops import conv as reference
 from .checks import leaf, named_gradients
-from .registry import Assignment, Case, Part, Target
+from .definitions import Assignment, Case, Part, Target
 
 
 class Geometry(NamedTuple):
@@ -181,10 +181,11 @@ ASSIGNMENT = Assignment(
              im2col_cases, ("im2col",)),
         Part("col2im", 2, "col2im against the reference; overlapping windows must add up",
              col2im_cases, ("col2im",)),
-        Part("conv2d_forward", 2, "Conv2d.forward against the reference (your forward with the "
-             "reference im2col)", conv2d_forward_cases, ("Conv2d.forward",)),
+        Part("conv2d_forward", 2, "Conv2d.forward against the reference (your forward on your "
+             "own im2col)", conv2d_forward_cases, ("Conv2d.forward",)),
         Part("conv2d_backward", 4, "Conv2d.backward against the reference, random upstream "
-             "gradient (reference im2col/col2im)", conv2d_backward_cases,
+             "gradient (on your own im2col and col2im; written by hand, not through forward or "
+             "autograd)", conv2d_backward_cases,
              ("Conv2d.forward", "Conv2d.backward")),
     ),
     notes="The max and average pooling ops in `conv.py` call your `im2col` and `col2im` too: "

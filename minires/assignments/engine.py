@@ -11,7 +11,7 @@ graph itself rather than against the reference's order.
 import numpy as np
 
 from .checks import Failure
-from .registry import Assignment, Case, Part, Target
+from .definitions import Assignment, Case, Part, Target
 
 SHAPE = (3, 4)
 
@@ -65,16 +65,15 @@ GRAPHS = (
 
 
 def build(autograd, graph, arrays):
-    """The graph's tensors on engine `autograd`: {name: Tensor}; each Function tagged by its
-    line of the graph."""
+    """The graph on engine `autograd`: ({name: Tensor}, [Function per line of the graph])."""
     ops = small_ops(autograd)
     tensors = {name: autograd.Tensor(arrays[name], requires_grad=name != "c")
                for name in ("x", "w", "c")}
-    for tag, (name, op, inputs) in enumerate(graph):
-        function = ops[op]()
-        function.tag = tag
-        tensors[name] = function.apply(*(tensors[i] for i in inputs))
-    return tensors
+    functions = []
+    for name, op, inputs in graph:
+        functions.append(ops[op]())
+        tensors[name] = functions[-1].apply(*(tensors[i] for i in inputs))
+    return tensors, functions
 
 
 def _arrays(rng):
@@ -85,9 +84,10 @@ def _arrays(rng):
 def topological_order_cases(rng):
     def case(label, graph):
         def run(impl, a):
-            root = build(impl.autograd, graph, a)[graph[-1][0]]
-            order = impl.autograd._topological_functions(root)
-            return {"order": np.array([getattr(fn, "tag", -1) for fn in order], dtype=np.int64)}
+            tensors, functions = build(impl.autograd, graph, a)
+            order = impl.autograd._topological_functions(tensors[graph[-1][0]])
+            line = {id(fn): index for index, fn in enumerate(functions)}  # the very objects
+            return {"order": np.array([line.get(id(fn), -1) for fn in order], dtype=np.int64)}
 
         def check(got, _expected):
             if "output:order" not in got:
@@ -98,7 +98,9 @@ def topological_order_cases(rng):
 
 
 def expect_reverse_topological(graph, order):
-    """Every Function once, each before the Functions that made its inputs (consumers first)."""
+    """Every Function of the graph once (by identity: the child maps each returned object to its
+    line of the graph, -1 for anything else), and for every edge of the graph, the consumer
+    before the Function that made its input."""
     order = [int(tag) for tag in np.asarray(order).ravel()]
     if sorted(order) != list(range(len(graph))):
         names = [graph[t][0] if 0 <= t < len(graph) else "?" for t in order]
@@ -120,17 +122,22 @@ def _leaf_gradients(tensors, label):
             if tensors[name].grad is not None}
 
 
+KEPT = " of the first backward, kept: a second backward must not add into it in place"
+
+
 def gradient_accumulation_cases(rng):
     def case(label, graph):
         def run(impl, a):
-            tensors = build(impl.autograd, graph, a)
+            tensors, _ = build(impl.autograd, graph, a)
             root = tensors[graph[-1][0]]
             root.backward(a["gy"], retain_graph=True)
             once = _leaf_gradients(tensors, "")
+            kept = {f"d{name}{KEPT}": tensors[name].grad.data for name in ("x", "w")
+                    if tensors[name].grad is not None}  # the arrays themselves, not copies
             if tensors["c"].grad is not None:
                 raise Failure("c: a tensor with requires_grad=False received a gradient")
             root.backward(a["gy"])
-            return {**once, **_leaf_gradients(tensors, " after a second backward")}
+            return {**once, **_leaf_gradients(tensors, " after a second backward"), **kept}
         return Case(f"{label}, random upstream gradient, backward twice (leaves accumulate)",
                     _arrays(rng), run)
     return [case(label, graph) for label, graph in GRAPHS]

@@ -1,22 +1,24 @@
-"""The screen every student file passes before it runs: no route to the answers or the grader.
+"""A teaching aid, not a boundary: it names the lines of a student file that look like a way
+around the assignment, as advice printed beside the score. It never refuses a file.
 
-A student file may import what the handed-out file imports, plus numpy, math and a few harmless
-standard modules. It may not import minires' reference modules or the grader, introspect frames or
-the heap (sys._getframe, inspect, gc), or reach around the language (eval, exec, open, __import__,
-getattr with a computed name, dunder attributes such as __globals__ or __subclasses__).
+What it points at: imports beyond what the handed-out file imports plus numpy, math and a few
+harmless standard modules; frame and heap introspection (sys._getframe, inspect, gc); reaching
+around the language (eval, exec, open, __import__, getattr with a computed name, dunder
+attributes such as __globals__ or __subclasses__).
 
-This is a screen, not a sandbox: Python cannot be sandboxed by reading its source. It turns the
-obvious routes into a clear refusal; the score stays safe because it is decided outside the
-student's process (grader.py), and the answers are not in the student release at all.
+Python cannot be sandboxed by reading its source, so the score never rests on this screen: the
+sandbox holds no answer to find (stripped.py) and the score is decided outside it (grader.py).
+Honest code must never be flagged: np.stack, a variable named `input`, a UTF-8 BOM and
+`from __future__ import annotations` pass it silently.
 """
 import ast
 
 STANDARD = {"numpy", "math", "functools", "itertools", "typing", "collections", "dataclasses",
-            "numbers", "operator", "abc", "enum", "warnings", "contextlib"}
+            "numbers", "operator", "abc", "enum", "warnings", "contextlib", "__future__"}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "globals", "locals", "vars", "__import__",
-                   "breakpoint", "open", "input", "help", "exit", "quit"}
+                   "breakpoint", "open", "help", "exit", "quit"}
 COMPUTED_NAME_CALLS = {"getattr", "setattr", "delattr", "hasattr"}
-FORBIDDEN_ATTRIBUTES = {"_getframe", "currentframe", "stack", "getouterframes", "f_back",
+FORBIDDEN_ATTRIBUTES = {"_getframe", "currentframe", "getouterframes", "f_back",
                         "f_locals", "f_globals", "f_code", "f_builtins", "gi_frame", "cr_frame",
                         "ag_frame", "tb_frame", "tb_next", "get_objects", "get_referrers",
                         "get_referents", "modules", "functional", "assignments", "fast", "_ops"}
@@ -42,7 +44,8 @@ def _standard(module):
 
 
 def screen_file(source, filename, handed_out):
-    """Every reason to refuse `source` (a student's `filename`), each naming its line; [] if none.
+    """Every suspicious line of `source` (a student's `filename`), as advice naming the line; []
+    if none.
     Whatever the handed-out file does itself (autograd.py's computed getattr) stays allowed."""
     allowed = {why for _, why in _problems(handed_out, filename, handed_out)}
     return [f"{filename}, line {line}: {why}"
@@ -50,9 +53,9 @@ def screen_file(source, filename, handed_out):
 
 
 def _problems(source, filename, handed_out):
-    """[(line, why)] for every construct of `source` the screen refuses."""
+    """[(line, why)] for every construct of `source` the screen points at."""
     try:
-        tree = ast.parse(source, filename)
+        tree = ast.parse(source.removeprefix("\ufeff"), filename)
     except SyntaxError as error:
         return [(error.lineno, f"syntax error: {error.msg}")]
     modules, names, attributes = handed_out_usage(handed_out)
@@ -72,11 +75,11 @@ def _problems(source, filename, handed_out):
                 if (module, alias.name) not in names and not _standard(module):
                     refuse(node, f"imports {alias.name} from {module}: {_which(module)}")
         elif isinstance(node, ast.Name) and node.id in FORBIDDEN_CALLS | {"__builtins__"}:
-            refuse(node, f"uses {node.id}, which the grader does not allow")
+            refuse(node, f"uses {node.id}, which reaches around the assignment")
         elif isinstance(node, ast.Attribute) and node.attr not in attributes \
                 and _forbidden_attribute(node.attr):
-            refuse(node, f"uses .{node.attr}: frame, heap and module introspection are not "
-                         "allowed (they reach the grader's state or the reference solution)")
+            refuse(node, f"uses .{node.attr}: frame, heap and module introspection reach "
+                         "for the grader's state or a reference solution, not the assignment")
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
                 and node.func.id in COMPUTED_NAME_CALLS and not _constant_name(node):
             refuse(node, f"calls {node.func.id} with a computed or dunder name; write the "
@@ -86,10 +89,9 @@ def _problems(source, filename, handed_out):
 
 def _which(module):
     if module.startswith("minires"):
-        return ("only the minires imports of the handed-out file are allowed (minires' "
-                "reference modules and the grader are off limits)")
-    return "not among the modules a submission may import (numpy, math, " \
-           "the handed-out file's imports)"
+        return ("beyond the minires imports of the handed-out file (minires' reference modules "
+                "and the grader hold no answer for you)")
+    return "not among the modules a submission needs (numpy, math, the handed-out file's imports)"
 
 
 def _forbidden_attribute(name):

@@ -1,79 +1,16 @@
-"""What an assignment is: the op files it hands out, the targets it stubs, the parts it grades.
+"""The assignments of the course, by name, in course order.
 
-A `Target` names a function or class in one of minires' op files (minires/ops/<file>). In the
-student's copy its docstring is replaced by `doc` (shapes and math), and, for a function, the lines
-between `# BEGIN SOLUTION` and `# END SOLUTION` become `raise NotImplementedError("TODO: ...")`.
-
-A `Part` is graded on its own: `cases(rng)` draws its `Case`s. A case is plain arrays in, plain
-arrays out: `run(impl, inputs)` calls the op under test through `impl` (a namespace of modules,
-`impl.conv`, `impl.norm`, ...) and returns the arrays to compare. The grader draws the same cases
-twice from the same seed: in a sandboxed child, where `impl` holds the student's files, and in its
-own process, where `impl` holds minires' reference; it compares the two itself. While a part runs,
-every function target that is not in its `uses` is minires' reference in the child, so one mistake
-costs one part (a backward still runs the student's forward, which saves what it needs).
+The dataclasses (Target, Case, Part, Assignment) live in definitions.py and are re-exported here;
+the per-assignment modules import definitions.py, never this module, so nothing imports back.
 """
-from dataclasses import dataclass, field
-from typing import Callable
+from . import batchnorm, conv, engine, residual
+from .definitions import Assignment, Case, Part, Target
 
-
-@dataclass(frozen=True)
-class Target:
-    file: str      # a file of minires: "conv.py" (minires/ops/conv.py) or "autograd.py"
-    qualname: str  # "im2col", "Conv2d.forward", or a class ("Conv2d") for its docstring only
-    doc: str       # the docstring the student sees: shapes and math
-
-
-@dataclass(frozen=True)
-class Case:
-    name: str        # what the student reads: "3x3 kernel, stride 1, padding 1"
-    inputs: dict     # name -> NumPy array: the same values in the child and in the grader
-    run: Callable    # run(impl, inputs) -> {output name: array}; may raise checks.Failure
-    tolerance: dict = field(default_factory=dict)  # rtol/atol for checks.expect_close
-    mutable: tuple = ()  # inputs the op is meant to change in place (running statistics)
-    check: Callable = None  # check(got, expected) in the grader, where no single answer exists
-
-
-@dataclass(frozen=True)
-class Part:
-    name: str
-    points: int
-    description: str
-    cases: Callable  # cases(rng) -> [Case]
-    uses: tuple      # qualnames of the student's code this part runs
-
-
-@dataclass(frozen=True)
-class Assignment:
-    number: int
-    name: str
-    summary: str
-    files: tuple     # minires files copied into the workspace
-    targets: tuple
-    parts: tuple
-    notes: str = ""  # extra README text (markdown)
-    extras: dict = field(default_factory=dict)  # more workspace files: name -> text
-
-    @property
-    def points(self):
-        return sum(p.points for p in self.parts)
-
-    def files_of(self, part):
-        """The workspace files `part` runs the student's code from."""
-        return tuple(f for f in self.files
-                     if any(t.file == f and t.qualname in part.uses for t in self.targets))
-
-    def part(self, name):
-        for p in self.parts:
-            if p.name == name:
-                return p
-        raise KeyError(f"assignment {self.name} has no part {name!r}; its parts are "
-                       f"{', '.join(p.name for p in self.parts)}")
+__all__ = ["Assignment", "Case", "Part", "Target", "all_assignments", "get"]
 
 
 def all_assignments():
-    """{name: Assignment} in course order (imported here, so the registry has no import cycle)."""
-    from . import batchnorm, conv, engine, residual
-
+    """{name: Assignment} in course order."""
     return {a.name: a for a in (engine.ASSIGNMENT, conv.ASSIGNMENT, batchnorm.ASSIGNMENT,
                                 residual.ASSIGNMENT)}
 

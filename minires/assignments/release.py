@@ -157,10 +157,16 @@ def release(out, assign=None, solutions=(), hints=None, course_file=None):
 
 
 SETUP_SH = """#!/usr/bin/env bash
-# Gradescope runs this once, as root, when it builds the autograder image.
+# Gradescope runs this once, as root, when it builds the autograder image (Ubuntu 22.04 or
+# 24.04). minires' dependencies go into a venv of their own: 24.04's pip refuses to install into
+# the system's Python (PEP 668). unshare (util-linux) gives each sandbox its own namespaces.
 set -euo pipefail
-apt-get install -y python3 python3-pip util-linux >/dev/null
-pip3 install {requirements}
+export DEBIAN_FRONTEND=noninteractive
+apt-get update >/dev/null
+apt-get install -y python3 python3-venv python3-pip util-linux >/dev/null
+python3 -m venv /autograder/minires-venv
+/autograder/minires-venv/bin/pip install --no-cache-dir {requirements}
+chmod -R go-rwx /autograder/source  # the complete minires: root's alone
 """
 
 RUN_AUTOGRADER = """#!/usr/bin/env bash
@@ -168,8 +174,15 @@ RUN_AUTOGRADER = """#!/usr/bin/env bash
 # $ROOT/submission (the student's {files}) with the complete minires in $ROOT/source and writes
 # $ROOT/results/results.json. MINIRES_AUTOGRADER_ROOT and MINIRES_PYTHON exist for testing.
 ROOT="${{MINIRES_AUTOGRADER_ROOT:-/autograder}}"
-PYTHON="${{MINIRES_PYTHON:-python3}}"
+PYTHON="${{MINIRES_PYTHON:-/autograder/minires-venv/bin/python}}"
 mkdir -p "$ROOT/results"
+# Before Python starts: every part at 0, so a missing dependency, a crash or a timeout never
+# leaves an older score in place. The grader replaces it atomically once it has graded.
+cat > "$ROOT/results/results.json" <<'MINIRES_UNFINISHED'
+{unfinished}
+MINIRES_UNFINISHED
+chmod -R go-rwx "$ROOT/source"  # the complete minires and these scripts: root's alone
+cd "$ROOT/results" || exit 0  # never the submission's folder: nothing of it on the path
 PYTHONPATH="$ROOT/source" "$PYTHON" -m minires assignment grade "$ROOT/submission" \\
     --assignment {name} --timeout {timeout:g} --json "$ROOT/results/results.json"
 # the score is in results.json; a submission without full marks is not an error here
@@ -186,13 +199,23 @@ def requirements():
     return " ".join(f"'{r}'" for r in needed if "extra ==" not in r)
 
 
+def unfinished_results(assignment):
+    """results.json with every part at 0 and why: what run_autograder writes before Python."""
+    message = ("grading did not finish (the grader could not start, crashed or ran out of "
+               "time): every part scores 0; ask your teacher")
+    return json.dumps({"score": 0, "output": message,
+                       "tests": [{"name": p.name, "score": 0, "max_score": p.points,
+                                  "output": message} for p in assignment.parts]})
+
+
 def gradescope_bundle(name, zip_path, timeout=60.0):
     """Write Gradescope's autograder zip for assignment `name`; returns the names it holds."""
     assignment = get(name)
     files = {
         "setup.sh": SETUP_SH.format(requirements=requirements()),
         "run_autograder": RUN_AUTOGRADER.format(name=assignment.name, timeout=timeout,
-                                                files=", ".join(assignment.files)),
+                                                files=", ".join(assignment.files),
+                                                unfinished=unfinished_results(assignment)),
     }
     zip_path = Path(zip_path)
     zip_path.parent.mkdir(parents=True, exist_ok=True)

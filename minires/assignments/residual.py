@@ -4,20 +4,20 @@ BasicBlock's backward by hand, with the "+1" split it makes.
 ReLU's derivative at exactly 0 is taken as 0, as in PyTorch; the inputs contain exact zeros, so a
 mask written `x >= 0` fails. relu(-inf) is 0, so a forward written `x * (x > 0)` (-inf * 0 = NaN)
 fails the case with infinities, as does a backward written `gy * (x > 0)` where an infinite gy
-meets x <= 0. basic_block_backward builds a BasicBlock whose every ReLU and
-residual add is the student's (patched into minires.functional) and compares its gradients with
-the reference block's, bit-close. Then the student writes the block's whole backward by hand
-(block.py: op by op, in reverse, over the ops the forward kept), which must give every gradient
-and the split dL/dx = shortcut part + branch part. The workspace ends with compare_gradients.py:
-plain versus residual networks on the student's own ops, and the split from the student's code.
+meets x <= 0. basic_block_backward runs a BasicBlock whose ReLUs and residual add are instances of
+the student's ReLU and ResidualAdd (the convolutions and batch norms lent by the grader as fixed
+values and matrices: the sandbox's minires has no solution to run) and compares its output and
+gradients with the reference block's, bit-close. Then the student writes the block's whole backward
+by hand (block.py: op by op, in reverse, over the ops the forward kept), which must give every
+gradient and the split dL/dx = shortcut part + branch part. The workspace ends with
+compare_gradients.py: plain versus residual networks on the student's own ops, and the split from
+the student's code.
 """
 import numpy as np
 
-from ..nn import BasicBlock
 from . import block as reference_block
 from .checks import Failure, leaf, named_gradients
-from .registry import Assignment, Case, Part, Target
-from .student import student_ops
+from .definitions import Assignment, Case, Part, Target
 
 SHAPES = ((2, 3, 4, 4), (5, 6))
 BIT_CLOSE = dict(rtol=1e-10, atol=1e-12)
@@ -92,39 +92,109 @@ BLOCKS = (
     ("BasicBlock(4, 8, stride=2, shortcut='A'): subsampled, zero-padded shortcut",
      dict(in_channels=4, channels=8, stride=2, shortcut="A")),
 )
+PARAMS = ("w1", "gamma1", "beta1", "w2", "gamma2", "beta2")
 
 
-def _float64_block(config, seed):
-    """A seeded BasicBlock on the CPU, in training mode, with float64 parameters."""
-    np.random.seed(seed)  # minires.nn.init draws from NumPy; backend.seed would wake CuPy too
-    block = BasicBlock(**config).to("cpu").train()
-    for p in block.parameters():
-        p.data = p.data.astype(np.float64)
-    return block
+def backward_matrix(backward, out_shape):
+    """The matrix of a linear backward (g -> one array or a tuple): column k is backward(e_k),
+    flattened and joined, so backward(g) = matrix @ g.ravel(), split."""
+    size = int(np.prod(out_shape))
+    columns = []
+    for k in range(size):
+        unit = np.zeros(size)
+        unit[k] = 1.0
+        grads = backward(unit.reshape(out_shape))
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        columns.append(np.concatenate([np.ravel(g) for g in grads]))
+    return np.stack(columns, axis=1)
 
 
-def _block_results(block, x, gy):
-    """The block's output y, then dx and d<parameter> for upstream gy (None where none came)."""
-    block.zero_grad()
-    x = leaf(x)
-    y = block(x)
-    y.backward(gy)
-    return {"y": y, "dx": x.grad, **{f"d{name}": p.grad for name, p in block.named_parameters()}}
+class LentOp:
+    """One op of the reference block, lent as the matrix of its backward: backward(g) is the
+    matrix times g, split into the op's input gradients. The child gets the chain rule's steps
+    as plain numbers, never the code that made them (the sandbox's minires has no solution)."""
+
+    def __init__(self, name, matrix, out_shape, in_shapes):
+        self.name, self.matrix = name, matrix
+        self.out_shape, self.in_shapes = tuple(out_shape), [tuple(s) for s in in_shapes]
+
+    def backward(self, gy):
+        gy = np.asarray(gy, dtype=np.float64)
+        if gy.shape != self.out_shape:
+            raise ValueError(f"ops[{self.name!r}].backward: got a gradient of shape {gy.shape}, "
+                             f"expected {self.out_shape} (the shape of that op's output)")
+        flat = self.matrix @ gy.ravel()
+        sizes = np.cumsum([int(np.prod(s)) for s in self.in_shapes])[:-1]
+        grads = tuple(p.reshape(s) for p, s in zip(np.split(flat, sizes), self.in_shapes))
+        return grads[0] if len(grads) == 1 else grads
+
+
+def _op_inputs(a, out_shape):
+    """{op name: its inputs' shapes} in block_forward, from the case's arrays."""
+    h = tuple(out_shape)
+    return {"conv1": (a["x"].shape, a["w1"].shape), "bn1": (h, a["gamma1"].shape,
+                                                            a["beta1"].shape),
+            "relu1": (h,), "conv2": (h, a["w2"].shape),
+            "bn2": (h, a["gamma2"].shape, a["beta2"].shape), "shortcut": (a["x"].shape,),
+            "add": (h, h), "relu2": (h,)}
+
+
+def lent_ops(a):
+    """block_forward's ops as LentOps, from the lent matrices (None for an identity shortcut)."""
+    shapes = _op_inputs(a, a["gy"].shape)
+    return {name: LentOp(name, a[f"lent {name}"], a["gy"].shape, shapes[name])
+            if f"lent {name}" in a else None for name in shapes}
+
+
+def lend_block(stride):
+    """lend(reference, inputs): the reference block_forward run in the grader, each op's backward
+    as a matrix, and the values the ops the student does not write give forward."""
+    def lend(reference, a):
+        _, ops = reference.block.block_forward(a["x"], {k: a[k] for k in PARAMS}, stride)
+        lent = {f"lent {name}": backward_matrix(op.backward, a["gy"].shape)
+                for name, op in ops.items() if op is not None}
+        lent["lent bn1 output"] = ops["relu1"]._inputs[0].data
+        lent["lent shortcut output"], lent["lent bn2 output"] = (
+            t.data for t in ops["add"]._inputs)
+        return lent
+    return lend
+
+
+def _block_inputs(rng, config):
+    stride, channels = config.get("stride", 1), config["channels"]
+    size = BLOCK_INPUT[2] // stride
+    return {"x": rng.standard_normal(BLOCK_INPUT),
+            **reference_block.random_params(rng, config["in_channels"], channels),
+            "gy": rng.standard_normal((BLOCK_INPUT[0], channels, size, size))}
+
+
+def basic_block_on_students_ops(impl, a):
+    """A BasicBlock's forward and backward where both ReLUs and the residual add are instances of
+    the student's ReLU and ResidualAdd (their forward and backward), and the convolutions, the
+    batch norms and the option-A shortcut are the reference's, lent as fixed values and matrices.
+    The input relu1 received is returned too: the lent bn2 output presumes the reference's."""
+    ops = lent_ops(a)
+    relu1, add, relu2 = impl.activation.ReLU(), impl.residual.ResidualAdd(), \
+        impl.activation.ReLU()
+    r1 = relu1.apply(leaf(a["lent bn1 output"])).data
+    y = relu2.apply(leaf(add.apply(leaf(a["lent shortcut output"]),
+                                   leaf(a["lent bn2 output"])).data)).data
+    g_shortcut, g_branch = add.backward(relu2.backward(a["gy"]))
+    g_branch, dgamma2, dbeta2 = ops["bn2"].backward(g_branch)
+    g_branch, dw2 = ops["conv2"].backward(g_branch)
+    g_branch, dgamma1, dbeta1 = ops["bn1"].backward(relu1.backward(g_branch))
+    dx_branch, dw1 = ops["conv1"].backward(g_branch)
+    shortcut = ops["shortcut"]
+    dx_shortcut = g_shortcut if shortcut is None else shortcut.backward(g_shortcut)
+    return {"relu1 output": r1, "y": y, "dx": dx_shortcut + dx_branch, "dw1": dw1,
+            "dgamma1": dgamma1, "dbeta1": dbeta1, "dw2": dw2, "dgamma2": dgamma2,
+            "dbeta2": dbeta2}
 
 
 def basic_block_backward_cases(rng):
-    def case(label, config, seed):
-        size = BLOCK_INPUT[2] // config.get("stride", 1)
-        inputs = {"x": rng.standard_normal(BLOCK_INPUT),
-                  "gy": rng.standard_normal((BLOCK_INPUT[0], config["channels"], size, size))}
-
-        def run(impl, a):
-            block = _float64_block(config, seed)
-            with student_ops(relu=impl.activation.relu, residual_add=impl.residual.residual_add):
-                results = _block_results(block, a["x"], a["gy"])
-            return {name: value for name, value in results.items() if value is not None}
-        return Case(f"{label}, training mode, random upstream gradient", inputs, run, BIT_CLOSE)
-    return [case(label, config, int(rng.integers(2**31))) for label, config in BLOCKS]
+    return [Case(f"{label}, training mode, random upstream gradient", _block_inputs(rng, config),
+                 basic_block_on_students_ops, BIT_CLOSE,
+                 lend=lend_block(config.get("stride", 1))) for label, config in BLOCKS]
 
 
 PAD_SETTINGS = (((2, 3, 4, 4), 5, 1, "3 -> 5 channels, stride 1"),
@@ -150,24 +220,16 @@ SPLIT = ("dx_shortcut", "dx_branch")
 
 
 def _block_cases(rng, wanted):
-    """Cases for block.block_backward: the reference block_forward keeps the ops, the student's
-    block_backward walks them back; `wanted(name)` picks the gradients this part compares."""
-    def case(label, config):
-        stride, channels = config.get("stride", 1), config["channels"]
-        size = BLOCK_INPUT[2] // stride
-        inputs = {"x": rng.standard_normal(BLOCK_INPUT),
-                  **reference_block.random_params(rng, config["in_channels"], channels),
-                  "gy": rng.standard_normal((BLOCK_INPUT[0], channels, size, size))}
-
-        def run(impl, a):
-            params = {k: v for k, v in a.items() if k not in ("x", "gy")}
-            _, ops = reference_block.block_forward(a["x"], params, stride)
-            grads = impl.block.block_backward(a["gy"], ops)
-            if not isinstance(grads, dict):
-                raise Failure(f"block_backward returned {type(grads).__name__}, expected a dict")
-            return {name: value for name, value in grads.items() if wanted(name)}
-        return Case(f"{label}, random upstream gradient", inputs, run, BIT_CLOSE)
-    return [case(label, config) for label, config in BLOCKS]
+    """Cases for block.block_backward: the reference block_forward's ops, lent as matrices, the
+    student's block_backward walks them back; `wanted(name)` picks the gradients compared."""
+    def run(impl, a):
+        grads = impl.block.block_backward(a["gy"], lent_ops(a))
+        if not isinstance(grads, dict):
+            raise Failure(f"block_backward returned {type(grads).__name__}, expected a dict")
+        return {name: value for name, value in grads.items() if wanted(name)}
+    return [Case(f"{label}, random upstream gradient", _block_inputs(rng, config), run,
+                 BIT_CLOSE, lend=lend_block(config.get("stride", 1)))
+            for label, config in BLOCKS]
 
 
 def block_backward_by_hand_cases(rng):
@@ -320,8 +382,9 @@ ASSIGNMENT = Assignment(
         Part("pad_channels_backward", 3, "PadChannels.backward (option A) against the reference: "
              "strided pixels and padded channels send nothing back", pad_channels_backward_cases,
              ("PadChannels.backward",)),
-        Part("basic_block_backward", 2, "a BasicBlock built on your ReLU and residual add: "
-             "output and every gradient bit-close to the reference block's",
+        Part("basic_block_backward", 2, "a BasicBlock whose ReLUs and residual add are your "
+             "ReLU and ResidualAdd (conv and batch norm lent by the grader): output and every "
+             "gradient bit-close to the reference block's",
              basic_block_backward_cases, ("ReLU.forward", "ReLU.backward", "ResidualAdd.forward",
                                           "ResidualAdd.backward")),
         Part("block_backward_by_hand", 6, "block_backward: dx and every parameter's gradient of "
