@@ -167,7 +167,7 @@ def test_submit_gathers_the_files_the_grader_reads(tmp_path):
     with zipfile.ZipFile(tmp_path / "hand-in.zip") as bundle:
         assert sorted(bundle.namelist()) == ["activation.py", "block.py", "residual.py"]
     assert warnings == []
-    _, results = grade(tmp_path / "hand-in", seed=SEED, parts=["relu_backward"])
+    _, results = grade(tmp_path / "hand-in", "residual", seed=SEED, parts=["relu_backward"])
     assert results[0].score == results[0].max_score
 
 
