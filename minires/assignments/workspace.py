@@ -203,31 +203,33 @@ engine: `forward` and `backward` take and return NumPy arrays, and `Function.app
 graph. Use float64 when you experiment: `minires.gradcheck` compares your backward with
 numerical gradients.
 
-## Grade yourself
+## Check yourself, then grade
 
-    minires assignment grade .                  # every part (or: python -m minires ...)
-    minires assignment grade . --part {assignment.parts[0].name}   # one part
+    minires assignment check {assignment.name} --workspace .     # public checks, no reference
+    minires assignment grade . --assignment {assignment.name}    # with your teacher's full copy
+    minires assignment grade . --assignment {assignment.name} --part {assignment.parts[0].name}
 
 | part | points | what is checked |
 |---|---|---|
 {parts}
 
-(Grading needs your teacher's complete copy of minires; in a student release, test your code
-with `minires.gradcheck` and submit it to your course's autograder.)
+`check` compares your backward with numerical gradients of your own forward, checks shapes,
+dtypes and that inputs are left unchanged; it needs no reference. Grading needs your teacher's
+complete copy of minires; in a student release, submit to your course's autograder.
 
 Each part runs in its own sandboxed process on fresh random inputs (a new seed every run; `--seed
-N` repeats one); the grader compares what your code returns with minires' reference. A part that
-crashes, runs past the time limit (`--timeout`, seconds) or returns the wrong shape loses that part
-only, and the grader says why; a wrong value is reported with its index, the value you returned
-and the expected one, and an op that writes into one of its inputs is told so. Each part is graded
-on its own: the functions of the other parts are replaced by the reference while it runs (a
-backward still runs your forward, which saves what the backward needs).
+N` repeats one), with a copy of minires that holds no solution: your code runs with your own
+other functions, and the grader compares what it returns with minires' reference in its own
+process. Each case of a part earns its share of the part's points. A part that crashes, runs past
+the time limit (`--timeout`, seconds) or returns the wrong shape or no array loses its cases, and
+the grader says why; a wrong value is reported with its index, the value you returned and the
+expected one, and an op that writes into one of its inputs is told so. A backward must be written
+by hand: one that calls your forward, minires' autograd or `minires.functional` scores 0 for
+that part, with a message saying so.
 
-Your files may import what they import now, plus numpy, math and a few standard modules
-(functools, itertools, typing, collections, dataclasses, operator). The grader refuses a file
-that imports minires' reference modules or the grader, inspects frames or the heap (sys, inspect,
-gc), or uses eval, exec, open, `__import__` or dunder attributes; its message names the line.
-Keep each file's name: a missing or renamed file scores 0 for its parts.
+Your files may import numpy, math, the standard library and what they import now. The grader
+reads your source only to give advice (a suspicious line is named, nothing is refused). Keep each
+file's name: a missing or renamed file scores 0 for its parts.
 
 {textwrap.fill(assignment.notes, 99)}
 """
