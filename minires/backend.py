@@ -175,3 +175,43 @@ def cupy_module():
     """CuPy itself (or the module registered for cuda), for GPU-only tools such as its memory
     pool; None when there is none."""
     return _cupy
+
+
+# --- minires' own CUDA kernels ------------------------------------------------------------------
+
+CUDA_TYPES = {"float32": "float", "float64": "double"}
+
+
+class DeviceKernel:
+    """A CUDA kernel of minires: C++ source with one `extern "C" __global__` function `name`,
+    written for an element type `T`, and a NumPy twin that computes the same outputs.
+
+    On CuPy it is compiled by `cupy.RawKernel` (NVRTC) once per dtype and launched on
+    (grid, block); the arguments are CuPy arrays and NumPy scalars of the kernel's C types. On a
+    module that offers `launch_twin` (the tests' CuPy stand-in) the twin runs instead, on the
+    NumPy arrays behind the device arrays. Every source is compiled in CI with NVRTC for sm_75,
+    sm_80 and sm_90 (tests/test_cuda_kernels.py), so no kernel reaches a GPU uncompiled.
+    """
+
+    def __init__(self, name, source, twin):
+        self.name, self.source, self.twin = name, source, twin
+        self._compiled = {}  # dtype name -> cupy.RawKernel
+
+    def source_for(self, dtype):
+        """The full source for element type `dtype` (float32 or float64)."""
+        return f"typedef {CUDA_TYPES[str(dtype)]} T;\n{self.source}"
+
+    def __call__(self, dtype, grid, block, args):
+        """Launch on (grid, block); NumPy arrays (the CPU tests of the GPU ops) run the twin."""
+        if not any(is_cupy_array(a) for a in args):
+            self.twin(*args)
+            return
+        launch_twin = getattr(_cupy, "launch_twin", None)
+        if launch_twin is not None:
+            launch_twin(self.name, self.twin, args)
+            return
+        kernel = self._compiled.get(str(dtype))
+        if kernel is None:
+            kernel = self._compiled[str(dtype)] = _cupy.RawKernel(self.source_for(dtype),
+                                                                   self.name)
+        kernel(grid, block, args)

@@ -32,6 +32,8 @@ Off by default: nothing here has run on a GPU yet. Env MINIRES_GPU_FAST_OPS=1 tu
 """
 import os
 
+import numpy as np
+
 from .. import backend
 from ..ops.conv import Conv2d
 from ..ops.norm import BatchNorm, _array, _per_channel
@@ -157,6 +159,278 @@ class GpuConv2d(Conv2d):
         return col2im_add(gcols, x.shape, self.kernel, self.stride, self.padding), gw
 
 
+# --- batch norm kernels: CUDA source and NumPy twin side by side ----------------------------------
+#
+# A batch-norm input is read as x[n, c, p] = x[n * sn + c * sc + p] (p over H*W), so NCHW and a
+# channels-first view of an (OC, N*H*W) GEMM output both go in without a copy; outputs are NCHW.
+# Per-channel sums are split over SLICES blocks per channel (a (C, S) grid: C alone is too few
+# blocks to fill a GPU), written to `partial` (C, S, 2) in double, and finished by a one-thread-per-
+# channel kernel: no atomics, the same sums every run. Variance is one pass over x shifted by a
+# sample of its channel (x[0, c, 0]), in double, so a large offset cancels before it is squared.
+
+_BLOCK = 256
+_SLICE_TARGET = 8192  # values a slice block sums: enough work per block, and many blocks
+
+_REDUCE_PAIR = r"""
+__device__ void block_sum_pair(double* a, double* b) {
+    for (int k = blockDim.x / 2; k > 0; k >>= 1) {
+        if (threadIdx.x < k) { a[threadIdx.x] += a[threadIdx.x + k];
+                               b[threadIdx.x] += b[threadIdx.x + k]; }
+        __syncthreads();
+    }
+}
+"""
+
+_PARTIAL_SUMS = _REDUCE_PAIR + r"""
+extern "C" __global__ void bn_partial_sums(
+        const T* x, const long long hw, const long long m, const long long sn,
+        const long long sc, const long long chunk, const int slices, double* partial) {
+    __shared__ double s1[256], s2[256];
+    const int c = blockIdx.x, s = blockIdx.y;
+    const double shift = (double)x[(long long)c * sc];
+    const long long start = (long long)s * chunk;
+    const long long stop = start + chunk < m ? start + chunk : m;
+    double a = 0.0, b = 0.0;
+    for (long long j = start + threadIdx.x; j < stop; j += blockDim.x) {
+        const long long n = j / hw, p = j - n * hw;
+        const double d = (double)x[n * sn + c * sc + p] - shift;
+        a += d;
+        b += d * d;
+    }
+    s1[threadIdx.x] = a;
+    s2[threadIdx.x] = b;
+    __syncthreads();
+    block_sum_pair(s1, s2);
+    if (threadIdx.x == 0) {
+        partial[((long long)c * slices + s) * 2] = s1[0];
+        partial[((long long)c * slices + s) * 2 + 1] = s2[0];
+    }
+}
+"""
+
+
+def _channel_view(x, hw, sn, sc, channels):
+    """x as (C, N*H*W) through its element strides (what the kernels index), a NumPy view."""
+    n = x.size // (channels * hw) if x.size else 0
+    item = x.itemsize
+    view = np.lib.stride_tricks.as_strided(x, (channels, n, hw), (sc * item, sn * item, item))
+    return view.reshape(channels, n * hw)
+
+
+def _chunks(values, chunk, slices):
+    """(C, m) -> (C, S, chunk), zero-padded: slice s holds values [s*chunk, (s+1)*chunk)."""
+    channels, m = values.shape
+    padded = np.zeros((channels, slices * chunk), dtype=values.dtype)
+    padded[:, :m] = values
+    return padded.reshape(channels, slices, chunk)
+
+
+def _partial_sums_twin(x, hw, m, sn, sc, chunk, slices, partial):
+    channels = partial.shape[0]
+    values = _channel_view(x, int(hw), int(sn), int(sc), channels).astype(np.float64)
+    d = values - values[:, :1]
+    partial[..., 0] = _chunks(d, int(chunk), int(slices)).sum(axis=2)
+    partial[..., 1] = _chunks(d * d, int(chunk), int(slices)).sum(axis=2)
+
+
+_FINALIZE_STATS = r"""
+extern "C" __global__ void bn_finalize_stats(
+        const T* x, const long long sc, const double* partial, const int slices,
+        const long long m, const int channels, const T* gamma, const T eps, const T momentum,
+        const T unbias, const int update_running, T* running_mean, T* running_var, T* stats) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < slices; ++s) {
+        a += partial[((long long)c * slices + s) * 2];
+        b += partial[((long long)c * slices + s) * 2 + 1];
+    }
+    const double dm = a / (double)m;
+    double var = b / (double)m - dm * dm;
+    var = var > 0.0 ? var : 0.0;
+    const T mean_t = (T)((double)x[(long long)c * sc] + dm);
+    const T var_t = (T)var;
+    const T inv_std = (T)1 / sqrt(var_t + eps);
+    stats[c] = mean_t;
+    stats[channels + c] = var_t;
+    stats[2 * channels + c] = inv_std;
+    stats[3 * channels + c] = gamma[c] * inv_std;
+    if (update_running) {
+        running_mean[c] = running_mean[c] * ((T)1 - momentum) + momentum * mean_t;
+        running_var[c] = running_var[c] * ((T)1 - momentum) + momentum * var_t * unbias;
+    }
+}
+"""
+
+
+def _finalize_stats_twin(x, sc, partial, slices, m, channels, gamma, eps, momentum, unbias,
+                         update_running, running_mean, running_var, stats):
+    dtype = stats.dtype.type
+    a, b = partial[..., 0].sum(axis=1), partial[..., 1].sum(axis=1)
+    dm = a / float(m)
+    var = np.maximum(b / float(m) - dm * dm, 0.0)
+    shift = _first_of_channels(x, int(sc), int(channels))
+    mean_t, var_t = (shift + dm).astype(dtype), var.astype(dtype)
+    inv_std = dtype(1) / np.sqrt(var_t + eps)
+    stats[0], stats[1], stats[2], stats[3] = mean_t, var_t, inv_std, gamma * inv_std
+    if update_running:
+        running_mean[...] = running_mean * (dtype(1) - momentum) + momentum * mean_t
+        running_var[...] = running_var * (dtype(1) - momentum) + momentum * var_t * unbias
+
+
+def _first_of_channels(x, sc, channels):
+    """x[0, c, 0] for every channel, in double (the shift the partial sums used)."""
+    return np.lib.stride_tricks.as_strided(x, (channels,), (sc * x.itemsize,)).astype(np.float64)
+
+
+_EVAL_STATS = r"""
+extern "C" __global__ void bn_eval_stats(
+        const T* running_mean, const T* running_var, const T* gamma, const T eps,
+        const int channels, T* stats) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    const T inv_std = (T)1 / sqrt(running_var[c] + eps);
+    stats[c] = running_mean[c];
+    stats[channels + c] = running_var[c];
+    stats[2 * channels + c] = inv_std;
+    stats[3 * channels + c] = gamma[c] * inv_std;
+}
+"""
+
+
+def _eval_stats_twin(running_mean, running_var, gamma, eps, channels, stats):
+    inv_std = stats.dtype.type(1) / np.sqrt(running_var + eps)
+    stats[0], stats[1], stats[2], stats[3] = running_mean, running_var, inv_std, gamma * inv_std
+
+
+_APPLY = r"""
+extern "C" __global__ void bn_apply(
+        const T* x, const long long hw, const long long sn, const long long sc,
+        const int channels, const long long total, const T* stats, const T* beta, T* y) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long p = i % hw, nc = i / hw;
+    const int c = (int)(nc % channels);
+    const long long n = nc / channels;
+    const T centred = x[n * sn + c * sc + p] - stats[c];
+    y[i] = centred * stats[3 * channels + c] + beta[c];
+}
+"""
+
+
+def _apply_twin(x, hw, sn, sc, channels, total, stats, beta, y):
+    values = _channel_view(x, int(hw), int(sn), int(sc), int(channels))
+    out = (values - stats[0][:, None]) * stats[3][:, None] + beta[:, None]
+    y.reshape(-1, int(channels), int(hw))[...] = out.reshape(int(channels), -1, int(hw)).transpose(
+        1, 0, 2)
+
+
+_PARTIAL_GRAD_SUMS = _REDUCE_PAIR + r"""
+extern "C" __global__ void bn_partial_grad_sums(
+        const T* gy, const long long gsn, const long long gsc, const T* x, const long long sn,
+        const long long sc, const long long hw, const long long m, const T* stats,
+        const long long chunk, const int slices, double* partial) {
+    __shared__ double s1[256], s2[256];
+    const int c = blockIdx.x, s = blockIdx.y;
+    const T mean = stats[c];
+    const long long start = (long long)s * chunk;
+    const long long stop = start + chunk < m ? start + chunk : m;
+    double a = 0.0, b = 0.0;
+    for (long long j = start + threadIdx.x; j < stop; j += blockDim.x) {
+        const long long n = j / hw, p = j - n * hw;
+        const double g = (double)gy[n * gsn + c * gsc + p];
+        a += g;
+        b += g * (double)(x[n * sn + c * sc + p] - mean);
+    }
+    s1[threadIdx.x] = a;
+    s2[threadIdx.x] = b;
+    __syncthreads();
+    block_sum_pair(s1, s2);
+    if (threadIdx.x == 0) {
+        partial[((long long)c * slices + s) * 2] = s1[0];
+        partial[((long long)c * slices + s) * 2 + 1] = s2[0];
+    }
+}
+"""
+
+
+def _partial_grad_sums_twin(gy, gsn, gsc, x, sn, sc, hw, m, stats, chunk, slices, partial):
+    channels = partial.shape[0]
+    g = _channel_view(gy, int(hw), int(gsn), int(gsc), channels)
+    centred = _channel_view(x, int(hw), int(sn), int(sc), channels) - stats[0][:, None]
+    partial[..., 0] = _chunks(g.astype(np.float64), int(chunk), int(slices)).sum(axis=2)
+    partial[..., 1] = _chunks(g.astype(np.float64) * centred.astype(np.float64), int(chunk),
+                              int(slices)).sum(axis=2)
+
+
+_FINALIZE_GRADS = r"""
+extern "C" __global__ void bn_finalize_grads(
+        const double* partial, const int slices, const long long m, const int channels,
+        const T* stats, const int training, T* ggamma, T* gbeta, T* coefficients) {
+    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    double a = 0.0, b = 0.0;
+    for (int s = 0; s < slices; ++s) {
+        a += partial[((long long)c * slices + s) * 2];
+        b += partial[((long long)c * slices + s) * 2 + 1];
+    }
+    const T inv_std = stats[2 * channels + c], k = stats[3 * channels + c];
+    const T sum_gy = (T)a, gamma_grad = (T)b * inv_std;
+    gbeta[c] = sum_gy;
+    ggamma[c] = gamma_grad;
+    coefficients[c] = training ? k * sum_gy / (T)m : (T)0;
+    coefficients[channels + c] = training ? k * inv_std * gamma_grad / (T)m : (T)0;
+}
+"""
+
+
+def _finalize_grads_twin(partial, slices, m, channels, stats, training, ggamma, gbeta,
+                         coefficients):
+    dtype = stats.dtype.type
+    inv_std, k = stats[2], stats[3]
+    sum_gy = partial[..., 0].sum(axis=1).astype(dtype)
+    gamma_grad = partial[..., 1].sum(axis=1).astype(dtype) * inv_std
+    gbeta[...], ggamma[...] = sum_gy, gamma_grad
+    coefficients[0] = k * sum_gy / dtype(m) if training else 0
+    coefficients[1] = k * inv_std * gamma_grad / dtype(m) if training else 0
+
+
+_GRAD_X = r"""
+extern "C" __global__ void bn_grad_x(
+        const T* gy, const long long gsn, const long long gsc, const T* x, const long long sn,
+        const long long sc, const long long hw, const int channels, const long long total,
+        const T* stats, const T* coefficients, T* gx) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const long long p = i % hw, nc = i / hw;
+    const int c = (int)(nc % channels);
+    const long long n = nc / channels;
+    const T centred = x[n * sn + c * sc + p] - stats[c];
+    gx[i] = (gy[n * gsn + c * gsc + p] * stats[3 * channels + c] - coefficients[c])
+            - centred * coefficients[channels + c];
+}
+"""
+
+
+def _grad_x_twin(gy, gsn, gsc, x, sn, sc, hw, channels, total, stats, coefficients, gx):
+    c = int(channels)
+    g = _channel_view(gy, int(hw), int(gsn), int(gsc), c)
+    centred = _channel_view(x, int(hw), int(sn), int(sc), c) - stats[0][:, None]
+    out = (g * stats[3][:, None] - coefficients[0][:, None]) - centred * coefficients[1][:, None]
+    gx.reshape(-1, c, int(hw))[...] = out.reshape(c, -1, int(hw)).transpose(1, 0, 2)
+
+
+KERNELS = {kernel.name: kernel for kernel in (
+    backend.DeviceKernel("bn_partial_sums", _PARTIAL_SUMS, _partial_sums_twin),
+    backend.DeviceKernel("bn_finalize_stats", _FINALIZE_STATS, _finalize_stats_twin),
+    backend.DeviceKernel("bn_eval_stats", _EVAL_STATS, _eval_stats_twin),
+    backend.DeviceKernel("bn_apply", _APPLY, _apply_twin),
+    backend.DeviceKernel("bn_partial_grad_sums", _PARTIAL_GRAD_SUMS, _partial_grad_sums_twin),
+    backend.DeviceKernel("bn_finalize_grads", _FINALIZE_GRADS, _finalize_grads_twin),
+    backend.DeviceKernel("bn_grad_x", _GRAD_X, _grad_x_twin),
+)}
+
+
 # --- batch norm --------------------------------------------------------------------------------
 
 def channel_sums(a):
@@ -166,45 +440,111 @@ def channel_sums(a):
     return as_batched_rows(a).sum(axis=2).sum(axis=0)
 
 
-class GpuBatchNorm(BatchNorm):
-    """batch_norm on per-channel row sums, saving x, mean and 1/std instead of x-hat:
+def _element_strides(a):
+    """(a, H*W, sn, sc): a (N, C[, H, W]) array whose H*W values are dense (a copy otherwise),
+    with its batch and channel strides in elements, as the batch-norm kernels index it."""
+    hw = a.size // (a.shape[0] * a.shape[1]) if a.size else 1
+    if a.ndim == 4 and not _dense_pixels(a):
+        a = backend.xp(a).ascontiguousarray(a)
+    return a, hw, a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
 
-    forward   xc = x - mean;  var = sum(xc^2) / m;  y = xc * (gamma/std) + beta   (in place)
-    backward  xc = x - mean again;  dgamma = sum(gy * xc) / std;  dbeta = sum(gy);
-              dx = k * (gy - dbeta/m) - xc * (k * dgamma / (std m)),  k = gamma / std
+
+def _dense_pixels(a):
+    """True when a (N, C, H, W) holds each image's H*W values of a channel contiguously."""
+    return a.strides[3] == a.itemsize and (a.shape[2] == 1 or a.strides[2] == a.shape[3] *
+                                           a.itemsize)
+
+
+def _slices(m):
+    """(chunk, slices): a channel's m values split over this many blocks of the partial sums."""
+    slices = max(1, min(64, m // _SLICE_TARGET))
+    return -(-m // slices), slices
+
+
+def _grid(count):
+    return (-(-count // _BLOCK),)
+
+
+class GpuBatchNorm(BatchNorm):
+    """batch_norm in three kernels forward and three backward (CUDA, with NumPy twins above):
+
+    forward   partial sums of x - x[0,c,0] and its squares (C x S blocks); per channel: mean,
+              var, 1/std, gamma/std and the running statistics, in one kernel; then
+              y = (x - mean) * (gamma/std) + beta.  Evaluation: 1/std and gamma/std from the
+              running statistics, which are COPIED into the saved statistics (a later
+              train-mode forward changes the buffers in place; the backward must not see it).
+    backward  partial sums of gy and gy * (x - mean); per channel: dbeta, dgamma and the two
+              coefficients; then dx = (gy * k - k dbeta/m) - (x - mean) * k dgamma/(std m),
+              k = gamma/std (eval: dx = gy * k).
+    Saved: x (the graph holds it anyway) and a (4, C) array of mean, var, 1/std, gamma/std.
     """
 
     def forward(self, x, gamma, beta):
-        m = x.size // x.shape[1]
+        xp = backend.xp(x)
+        x, hw, sn, sc = _element_strides(x)
+        channels, m = x.shape[1], x.size // x.shape[1]
+        gamma = xp.ascontiguousarray(gamma)
+        stats = xp.empty((4, channels), dtype=x.dtype)
         if self.training:
-            mean = channel_sums(x) / m
-            xc = x - _per_channel(mean, x)
-            var = channel_sums(xc * xc) / m
-            self._update_running(mean, var, m)
+            self._batch_stats(x, hw, sn, sc, gamma, stats)
         else:
-            mean, var = (self.running_mean.astype(x.dtype, copy=False),
-                         self.running_var.astype(x.dtype, copy=False))
-            xc = x - _per_channel(mean, x)
-        self.inv_std = 1 / backend.xp(x).sqrt(var + self.eps)
-        self.x, self.mean, self.gamma = x, mean, gamma
-        xc *= _per_channel(gamma * self.inv_std, x)
-        xc += _per_channel(beta, x)
-        return xc
+            running = [xp.ascontiguousarray(v.astype(x.dtype, copy=False))
+                       for v in (self.running_mean, self.running_var)]
+            KERNELS["bn_eval_stats"](x.dtype, _grid(channels), (_BLOCK,), (
+                *running, gamma, x.dtype.type(self.eps), np.int32(channels), stats))
+        y = xp.empty(x.shape, dtype=x.dtype)
+        KERNELS["bn_apply"](x.dtype, _grid(x.size), (_BLOCK,), (
+            x, np.int64(hw), np.int64(sn), np.int64(sc), np.int32(channels), np.int64(x.size),
+            stats, xp.ascontiguousarray(beta), y))
+        self.x, self.stats, self.layout = x, stats, (hw, sn, sc)
+        self.inv_std = stats[2]
+        return y
+
+    def _batch_stats(self, x, hw, sn, sc, gamma, stats):
+        """stats = mean, var, 1/std, gamma/std of x's batch; running statistics updated."""
+        channels, m = x.shape[1], x.size // x.shape[1]
+        chunk, slices = _slices(m)
+        partial = backend.xp(x).empty((channels, slices, 2), dtype=np.float64)
+        KERNELS["bn_partial_sums"](x.dtype, (channels, slices), (_BLOCK,), (
+            x, np.int64(hw), np.int64(m), np.int64(sn), np.int64(sc), np.int64(chunk),
+            np.int32(slices), partial))
+        in_kernel = self._running_in_kernel(x)
+        dummy = stats[0]
+        KERNELS["bn_finalize_stats"](x.dtype, _grid(channels), (_BLOCK,), (
+            x, np.int64(sc), partial, np.int32(slices), np.int64(m), np.int32(channels), gamma,
+            x.dtype.type(self.eps), x.dtype.type(self.momentum), x.dtype.type(m / (m - 1)),
+            np.int32(in_kernel), self.running_mean if in_kernel else dummy,
+            self.running_var if in_kernel else dummy, stats))
+        if not in_kernel:  # buffers of another dtype or layout: the reference's vector update
+            self._update_running(stats[0], stats[1], m)
+
+    def _running_in_kernel(self, x):
+        """True when both running buffers exist, in x's dtype and contiguous (the usual case)."""
+        buffers = (self.running_mean, self.running_var)
+        return all(b is not None and b.dtype == x.dtype and b.flags.c_contiguous
+                   for b in buffers)
 
     def backward(self, gy):
-        m = gy.size // gy.shape[1]
-        xc = self.x - _per_channel(self.mean, gy)
-        gbeta = channel_sums(gy)
-        ggamma = channel_sums(gy * xc) * self.inv_std
+        xp = backend.xp(gy)
+        x, stats, (hw, sn, sc) = self.x, self.stats, self.layout
+        gy, _, gsn, gsc = _element_strides(gy)
+        channels, m = x.shape[1], x.size // x.shape[1]
+        chunk, slices = _slices(m)
+        partial = xp.empty((channels, slices, 2), dtype=np.float64)
+        KERNELS["bn_partial_grad_sums"](x.dtype, (channels, slices), (_BLOCK,), (
+            gy, np.int64(gsn), np.int64(gsc), x, np.int64(sn), np.int64(sc), np.int64(hw),
+            np.int64(m), stats, np.int64(chunk), np.int32(slices), partial))
+        sums = xp.empty((4, channels), dtype=x.dtype)  # dgamma, dbeta, the two coefficients
+        KERNELS["bn_finalize_grads"](x.dtype, _grid(channels), (_BLOCK,), (
+            partial, np.int32(slices), np.int64(m), np.int32(channels), stats,
+            np.int32(self.training), sums[0], sums[1], sums[2:]))
         if not self.needs_input_grad[0]:
-            return None, ggamma, gbeta
-        k = self.gamma * self.inv_std
-        gx = gy * _per_channel(k, gy)
-        if self.training:
-            gx -= _per_channel(k * gbeta / m, gy)
-            xc *= _per_channel(k * self.inv_std * ggamma / m, gy)
-            gx -= xc
-        return gx, ggamma, gbeta
+            return None, sums[0], sums[1]
+        gx = xp.empty(x.shape, dtype=x.dtype)
+        KERNELS["bn_grad_x"](x.dtype, _grid(x.size), (_BLOCK,), (
+            gy, np.int64(gsn), np.int64(gsc), x, np.int64(sn), np.int64(sc), np.int64(hw),
+            np.int32(channels), np.int64(x.size), stats, sums[2:], gx))
+        return gx, sums[0], sums[1]
 
 
 # --- the functional forms (minires.functional's signatures) -------------------------------------
