@@ -5,25 +5,19 @@ are cut from them). This module computes the same functions, with the same check
 messages (the classes below inherit them), written against the array module `backend.xp(x)`
 only, so the tests run it on NumPy and the GPU runs it on CuPy unchanged.
 
-Layout. Everything stays NCHW and C-contiguous, CuPy's own layout: CuPy's elementwise ops return
-C-ordered arrays whatever their inputs' strides (cupy/cupy#7342), so a channels-last layout (the
-CPU fast path's) would cost a transposing copy at every op that follows a ReLU.
+The GPU is bound by kernel launches (CuPy costs about 10 us each from Python), so each op is a
+few kernels: minires' own (backend.DeviceKernel: CUDA source compiled by NVRTC, with a NumPy twin
+that the CPU tests and the CuPy stand-in run) and cuBLAS GEMMs.
 
-    conv forward    cols = ONE copy of a sliding-window view of the padded x  (N, C*kh*kw, OH*OW)
-                    y    = W2 @ cols, one batched GEMM       (OC, K) @ (N, K, P) -> (N, OC, P)
-    conv backward   cols are never kept: the reference keeps kh*kw copies of every input.
-                    stride 1: dx is a convolution of gy padded by k-1-p with the flipped kernel,
-                    and the same cols of gy give dW (no cols of x at all):
-                        gcols = window copy of gy              (N, OC*kh*kw, H*W)
-                        dx    = Wflip @ gcols                  (C, OC*kh*kw) @ ... -> (N, C, H*W)
-                        dW    = flip(sum_n x3 @ gcols^T)       (N, C, H*W) @ (N, H*W, OC*kh*kw)
-                    other strides, or no dx wanted: the cols of x are copied again,
-                        dW = sum_n gy3 @ cols^T,  dx = col2im(W2^T @ gy3)
-    batch norm      per-channel sums as row sums of (N, C, H*W) then a sum over N: N*C
-                    independent rows (the reference's mean over axes (0, 2, 3) has only C outputs,
-                    a few thread blocks on a GPU). Two passes (mean, then the squares of x - mean)
-                    as the reference, so large offsets and constant channels come out as well.
-                    Saved: x (the graph holds it anyway), mean, 1/std; never x-hat.
+    conv forward    cols = im2col(x), one kernel, padding on the fly    (C*kh*kw, N*OH*OW)
+                    y    = W2 @ cols, one 2-D GEMM -> (OC, N*OH*OW), returned as an NCHW view
+    conv backward   cols rebuilt (never kept: the reference keeps kh*kw copies of every input);
+                    dW = gy2 @ cols^T and dcols = W2^T @ gy2, 2-D GEMMs with transpose flags
+                    (no operand copied), dx = col2im(dcols), one gathering kernel
+    batch norm      3 kernels forward (partial sums, per-channel statistics and running
+                    statistics, apply) and 3 backward; reads x through its strides, so the
+                    conv's channels-first output needs no copy; writes dx in x's layout
+                    Saved: x (the graph holds it anyway) and (4, C) statistics; never x-hat.
 
 Saved arrays are dropped by the autograd engine right after each backward (Function._release).
 
@@ -44,119 +38,6 @@ ENV_SWITCH = "MINIRES_GPU_FAST_OPS"
 def enabled():
     """True when env MINIRES_GPU_FAST_OPS is 1/true/yes/on (default off: never run on a GPU)."""
     return os.environ.get(ENV_SWITCH, "0").strip().lower() in ("1", "true", "yes", "on")
-
-
-# --- sliding windows ---------------------------------------------------------------------------
-
-def pad_hw(x, padding):
-    """x (N, C, H, W) with zero rows/columns around each image: a memset and one copy."""
-    py, px = padding
-    if not (py or px):
-        return x
-    n, c, h, w = x.shape
-    xpad = backend.xp(x).zeros((n, c, h + 2 * py, w + 2 * px), dtype=x.dtype)
-    xpad[:, :, py:py + h, px:px + w] = x
-    return xpad
-
-
-def window_cols(x, kernel, stride, padding):
-    """x (N, C, H, W) -> cols (N, C*kh*kw, OH*OW), C-contiguous, with ONE copy:
-
-        cols[n, (c, i, j), (oy, ox)] = xpad[n, c, sy*oy + i, sx*ox + j]
-
-    (the reference `im2col`, flattened). The windows are a strided view of the padded input.
-    """
-    xp = backend.xp(x)
-    (kh, kw), (sy, sx) = kernel, stride
-    xpad = pad_hw(x, padding)
-    n, c, hp, wp = xpad.shape
-    oh, ow = (hp - kh) // sy + 1, (wp - kw) // sx + 1
-    sn, sc, sh, sw = xpad.strides
-    windows = xp.lib.stride_tricks.as_strided(
-        xpad, (n, c, kh, kw, oh, ow), (sn, sc, sh, sw, sy * sh, sx * sw))
-    return xp.ascontiguousarray(windows).reshape(n, c * kh * kw, oh * ow)
-
-
-def col2im_add(gcols, x_shape, kernel, stride, padding):
-    """The adjoint of `window_cols`: (N, C*kh*kw, OH*OW) -> (N, C, H, W), overlaps added.
-
-    One strided add per kernel offset (kh*kw of them), never per pixel.
-    """
-    (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
-    n, c, h, w = x_shape
-    xp = backend.xp(gcols)
-    gcols = gcols.reshape(n, c, kh, kw, -1)
-    oh = (h + 2 * py - kh) // sy + 1
-    ow = gcols.shape[-1] // oh
-    gpad = xp.zeros((n, c, h + 2 * py, w + 2 * px), dtype=gcols.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            gpad[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += gcols[:, :, i, j].reshape(n, c, oh, ow)
-    return gpad[:, :, py:py + h, px:px + w]
-
-
-def as_batched_rows(a):
-    """(N, C, H, W) -> (N, C, H*W); a view of C-contiguous input, else one copy."""
-    n, c = a.shape[:2]
-    return backend.xp(a).ascontiguousarray(a).reshape(n, c, -1)
-
-
-# --- conv2d ------------------------------------------------------------------------------------
-
-class GpuConv2d(Conv2d):
-    """conv2d with one window copy and one batched GEMM per product; cols rebuilt, never saved."""
-
-    def forward(self, x, w, b=None):
-        self.x, self.w = x, w  # x: the graph holds it anyway
-        n, out_channels = x.shape[0], w.shape[0]
-        cols = window_cols(x, self.kernel, self.stride, self.padding)  # (N, K, P)
-        y = w.reshape(out_channels, -1) @ cols                         # (N, OC, P)
-        (kh, kw), (sy, sx), (py, px) = self.kernel, self.stride, self.padding
-        oh = (x.shape[2] + 2 * py - kh) // sy + 1
-        y = y.reshape(n, out_channels, oh, -1)
-        if b is not None:
-            y += b.reshape(1, -1, 1, 1)
-        return y
-
-    def backward(self, gy):
-        (kh, kw), (py, px) = self.kernel, self.padding
-        wants_gx = self.needs_input_grad[0]
-        if wants_gx and self.stride == (1, 1) and py <= kh - 1 and px <= kw - 1:
-            gx, gw = self._through_gy_cols(gy)
-        else:
-            gx, gw = self._through_x_cols(gy, wants_gx)
-        gw = gw if self.needs_input_grad[1] else None
-        if not self.has_bias:
-            return gx, gw
-        return gx, gw, channel_sums(gy)
-
-    def _through_gy_cols(self, gy):
-        """Stride 1: dx = Wflip @ cols(gy padded by k-1-p), dW[o,c,i,j] = G[c, o, kh-1-i, kw-1-j]
-        with G = sum_n x3 @ gcols^T (the input pixel meets, through offset (i, j), the output
-        gradient that gcols holds at offset (kh-1-i, kw-1-j))."""
-        x, w = self.x, self.w
-        (kh, kw), (py, px) = self.kernel, self.padding
-        n, c, h, width = x.shape
-        out_channels = w.shape[0]
-        gcols = window_cols(gy, self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px))  # (N, OC*k*k, HW)
-        w_flip = w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3).reshape(c, -1)         # (C, OC*k*k)
-        gx = (w_flip @ gcols).reshape(n, c, h, width)
-        g = (as_batched_rows(x) @ gcols.transpose(0, 2, 1)).sum(axis=0)           # (C, OC*k*k)
-        gw = g.reshape(c, out_channels, kh, kw)[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)
-        return gx, backend.xp(gw).ascontiguousarray(gw)
-
-    def _through_x_cols(self, gy, wants_gx):
-        """Any stride: cols of x copied again; dW = sum_n gy3 @ cols^T, dx = col2im(W2^T @ gy3)."""
-        x, w = self.x, self.w
-        n, out_channels = gy.shape[:2]
-        gy3 = as_batched_rows(gy)                                                 # (N, OC, P)
-        cols = window_cols(x, self.kernel, self.stride, self.padding)            # (N, K, P)
-        gw = (gy3 @ cols.transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)
-        del cols
-        if not wants_gx:
-            return None, gw
-        gcols = w.reshape(out_channels, -1).T @ gy3                               # (N, K, P)
-        return col2im_add(gcols, x.shape, self.kernel, self.stride, self.padding), gw
 
 
 # --- batch norm kernels: CUDA source and NumPy twin side by side ----------------------------------
@@ -399,25 +280,30 @@ _GRAD_X = r"""
 extern "C" __global__ void bn_grad_x(
         const T* gy, const long long gsn, const long long gsc, const T* x, const long long sn,
         const long long sc, const long long hw, const int channels, const long long total,
-        const T* stats, const T* coefficients, T* gx) {
+        const T* stats, const T* coefficients, const long long osn, const long long osc, T* gx) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= total) return;
     const long long p = i % hw, nc = i / hw;
     const int c = (int)(nc % channels);
     const long long n = nc / channels;
     const T centred = x[n * sn + c * sc + p] - stats[c];
-    gx[i] = (gy[n * gsn + c * gsc + p] * stats[3 * channels + c] - coefficients[c])
-            - centred * coefficients[channels + c];
+    gx[n * osn + c * osc + p] = (gy[n * gsn + c * gsc + p] * stats[3 * channels + c]
+                                 - coefficients[c]) - centred * coefficients[channels + c];
 }
 """
 
 
-def _grad_x_twin(gy, gsn, gsc, x, sn, sc, hw, channels, total, stats, coefficients, gx):
+def _grad_x_twin(gy, gsn, gsc, x, sn, sc, hw, channels, total, stats, coefficients, osn, osc,
+                 gx):
     c = int(channels)
     g = _channel_view(gy, int(hw), int(gsn), int(gsc), c)
     centred = _channel_view(x, int(hw), int(sn), int(sc), c) - stats[0][:, None]
     out = (g * stats[3][:, None] - coefficients[0][:, None]) - centred * coefficients[1][:, None]
-    gx.reshape(-1, c, int(hw))[...] = out.reshape(c, -1, int(hw)).transpose(1, 0, 2)
+    n = int(total) // (c * int(hw))
+    item = gx.itemsize
+    target = np.lib.stride_tricks.as_strided(gx, (c, n, int(hw)),
+                                             (int(osc) * item, int(osn) * item, item))
+    target[...] = out.reshape(c, n, int(hw))
 
 
 KERNELS = {kernel.name: kernel for kernel in (
@@ -431,14 +317,175 @@ KERNELS = {kernel.name: kernel for kernel in (
 )}
 
 
+# --- conv2d: window kernels and 2-D GEMMs ----------------------------------------------------------
+#
+# The columns are ONE (K, N*P) matrix, K = C*kh*kw, P = OH*OW:
+#     cols[(c, i, j), (n, oy, ox)] = x[n, c, sy*oy - py + i, sx*ox - px + j]   (0 outside x)
+# so every product is a 2-D GEMM with cuBLAS transpose flags (CuPy copies no operand of a 2-D dot,
+# while its batched matmul copies every operand that is not C-contiguous, and a 2-D weight times
+# 3-D columns costs 3 pointer-table kernels more):
+#     forward   y2 = W2 @ cols                  (OC, K) @ (K, N*P) -> (OC, N*P)
+#               y  = y2 seen as (N, OC, OH, OW): a channels-first view, no copy
+#     backward  gy2 = gy as (OC, N*P): a view when gy is channels-first (batch norm's backward
+#               writes its dx in its input's layout, so a conv followed by batch norm gets it so)
+#               dW2 = gy2 @ cols^T,   gcols = W2^T @ gy2,   dx = col2im(gcols)
+# im2col pads on the fly (no padded copy of x) and col2im gathers, for each input pixel, the
+# columns that read it (no atomics, no zeroed buffer): one kernel each.
+
+_IM2COL = r"""
+extern "C" __global__ void im2col(
+        const T* x, const int channels, const int height, const int width,
+        const long long sn, const long long sc, const long long sh, const long long sw,
+        const int kh, const int kw, const int sy, const int sx, const int py, const int px,
+        const int oh, const int ow, const long long columns, const long long total, T* cols) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= total) return;
+    const long long k = e / columns, q = e - k * columns;
+    const int j = (int)(k % kw), i = (int)((k / kw) % kh), c = (int)(k / ((long long)kw * kh));
+    const long long n = q / ((long long)oh * ow);
+    const int r = (int)(q - n * oh * ow), oy = r / ow, ox = r - oy * ow;
+    const int h = sy * oy - py + i, w = sx * ox - px + j;
+    cols[e] = (h >= 0 && h < height && w >= 0 && w < width)
+        ? x[n * sn + c * sc + h * sh + w * sw] : (T)0;
+}
+"""
+
+
+def _im2col_twin(x, channels, height, width, sn, sc, sh, sw, kh, kw, sy, sx, py, px, oh, ow,
+                 columns, total, cols):
+    n = int(columns) // (int(oh) * int(ow))
+    item = x.itemsize
+    image = np.lib.stride_tricks.as_strided(
+        x, (n, int(channels), int(height), int(width)),
+        (int(sn) * item, int(sc) * item, int(sh) * item, int(sw) * item))
+    padded = np.zeros((n, int(channels), int(height) + 2 * int(py), int(width) + 2 * int(px)),
+                      dtype=x.dtype)
+    padded[:, :, int(py):int(py) + int(height), int(px):int(px) + int(width)] = image
+    pn, pc, ph, pw = padded.strides
+    windows = np.lib.stride_tricks.as_strided(
+        padded, (int(channels), int(kh), int(kw), n, int(oh), int(ow)),
+        (pc, ph, pw, pn, int(sy) * ph, int(sx) * pw))
+    cols[...] = windows.reshape(cols.shape)
+
+
+_COL2IM = r"""
+extern "C" __global__ void col2im(
+        const T* gcols, const int channels, const int height, const int width,
+        const int kh, const int kw, const int sy, const int sx, const int py, const int px,
+        const int oh, const int ow, const long long columns, const long long total, T* gx) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= total) return;
+    const int w = (int)(e % width), h = (int)((e / width) % height);
+    const int c = (int)((e / ((long long)width * height)) % channels);
+    const long long n = e / ((long long)width * height * channels);
+    T sum = (T)0;
+    for (int i = 0; i < kh; ++i) {
+        const int y = h + py - i;
+        if (y < 0 || y % sy != 0 || y / sy >= oh) continue;
+        for (int j = 0; j < kw; ++j) {
+            const int x = w + px - j;
+            if (x < 0 || x % sx != 0 || x / sx >= ow) continue;
+            const long long k = ((long long)c * kh + i) * kw + j;
+            sum += gcols[k * columns + n * oh * ow + (long long)(y / sy) * ow + x / sx];
+        }
+    }
+    gx[e] = sum;
+}
+"""
+
+
+def _col2im_twin(gcols, channels, height, width, kh, kw, sy, sx, py, px, oh, ow, columns, total,
+                 gx):
+    c, kh, kw, oh, ow = int(channels), int(kh), int(kw), int(oh), int(ow)
+    n = int(columns) // (oh * ow)
+    (sy, sx), (py, px), h, w = (int(sy), int(sx)), (int(py), int(px)), int(height), int(width)
+    windows = gcols.reshape(c, kh, kw, n, oh, ow)
+    padded = np.zeros((n, c, h + 2 * py, w + 2 * px), dtype=gcols.dtype)
+    for i in range(kh):  # kernel offsets only, as the reference col2im
+        for j in range(kw):
+            padded[:, :, i:i + sy * oh:sy, j:j + sx * ow:sx] += windows[:, i, j].transpose(
+                1, 0, 2, 3)
+    gx[...] = padded[:, :, py:py + h, px:px + w]
+
+
+KERNELS.update({kernel.name: kernel for kernel in (
+    backend.DeviceKernel("im2col", _IM2COL, _im2col_twin),
+    backend.DeviceKernel("col2im", _COL2IM, _col2im_twin),
+)})
+
+
+def _output_size(x_shape, kernel, stride, padding):
+    return tuple((x_shape[2 + a] + 2 * padding[a] - kernel[a]) // stride[a] + 1 for a in (0, 1))
+
+
+def window_cols(x, kernel, stride, padding):
+    """x (N, C, H, W), any strides -> cols (C*kh*kw, N*OH*OW), in one kernel (see above)."""
+    n, channels, height, width = x.shape
+    (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
+    oh, ow = _output_size(x.shape, kernel, stride, padding)
+    columns = n * oh * ow
+    cols = backend.xp(x).empty((channels * kh * kw, columns), dtype=x.dtype)
+    sn, sc, sh, sw = (s // x.itemsize for s in x.strides)
+    KERNELS["im2col"](x.dtype, _grid(cols.size), (_BLOCK,), (
+        x, *(np.int32(v) for v in (channels, height, width)),
+        *(np.int64(v) for v in (sn, sc, sh, sw)),
+        *(np.int32(v) for v in (kh, kw, sy, sx, py, px, oh, ow)),
+        np.int64(columns), np.int64(cols.size), cols))
+    return cols
+
+
+def col2im(gcols, x_shape, kernel, stride, padding):
+    """The adjoint of `window_cols`: (C*kh*kw, N*OH*OW) -> (N, C, H, W), overlaps added."""
+    n, channels, height, width = x_shape
+    (kh, kw), (sy, sx), (py, px) = kernel, stride, padding
+    oh, ow = _output_size(x_shape, kernel, stride, padding)
+    gx = backend.xp(gcols).empty(x_shape, dtype=gcols.dtype)
+    KERNELS["col2im"](gcols.dtype, _grid(gx.size), (_BLOCK,), (
+        gcols, *(np.int32(v) for v in (channels, height, width, kh, kw, sy, sx, py, px, oh, ow)),
+        np.int64(n * oh * ow), np.int64(gx.size), gx))
+    return gx
+
+
+def channels_first_rows(a):
+    """(N, C, H, W) -> (C, N*H*W): a view when a's memory is channels-first, else one copy."""
+    rows = a.transpose(1, 0, 2, 3)
+    return backend.xp(a).ascontiguousarray(rows).reshape(a.shape[1], -1)
+
+
+class GpuConv2d(Conv2d):
+    """conv2d as 2-D GEMMs on one (K, N*P) column matrix; columns rebuilt, never saved."""
+
+    def forward(self, x, w, b=None):
+        self.x, self.w = x, w  # x: the graph holds it anyway
+        n, out_channels = x.shape[0], w.shape[0]
+        cols = window_cols(x, self.kernel, self.stride, self.padding)     # (K, N*P)
+        y2 = backend.xp(x).dot(w.reshape(out_channels, -1), cols)          # (OC, N*P)
+        oh, ow = _output_size(x.shape, self.kernel, self.stride, self.padding)
+        y = y2.reshape(out_channels, n, oh, ow).transpose(1, 0, 2, 3)     # a view
+        if b is not None:
+            y += b.reshape(1, -1, 1, 1)
+        return y
+
+    def backward(self, gy):
+        xp = backend.xp(gy)
+        x, w = self.x, self.w
+        out_channels = w.shape[0]
+        gy2 = channels_first_rows(gy)                                      # (OC, N*P)
+        w2 = w.reshape(out_channels, -1)                                    # (OC, K)
+        gw = None
+        if self.needs_input_grad[1]:
+            cols = window_cols(x, self.kernel, self.stride, self.padding)
+            gw = xp.dot(gy2, cols.T).reshape(w.shape)
+            del cols
+        gx = None
+        if self.needs_input_grad[0]:
+            gx = col2im(xp.dot(w2.T, gy2), x.shape, self.kernel, self.stride, self.padding)
+        if not self.has_bias:
+            return gx, gw
+        return gx, gw, gy2.sum(axis=1)
+
+
 # --- batch norm --------------------------------------------------------------------------------
-
-def channel_sums(a):
-    """Per-channel sums of a (N, C) or (N, C, H, W): rows of (N, C, H*W) summed, then over N."""
-    if a.ndim == 2:
-        return a.sum(axis=0)
-    return as_batched_rows(a).sum(axis=2).sum(axis=0)
-
 
 def _element_strides(a):
     """(a, H*W, sn, sc): a (N, C[, H, W]) array whose H*W values are dense (a copy otherwise),
@@ -453,6 +500,16 @@ def _dense_pixels(a):
     """True when a (N, C, H, W) holds each image's H*W values of a channel contiguously."""
     return a.strides[3] == a.itemsize and (a.shape[2] == 1 or a.strides[2] == a.shape[3] *
                                            a.itemsize)
+
+
+def _empty_in_layout_of(x):
+    """An empty array shaped like x: channels-first memory when x's is (a conv's output, so the
+    conv's backward reads dx as its gy without a copy), NCHW otherwise."""
+    xp = backend.xp(x)
+    if x.ndim == 4 and x.strides[1] > x.strides[0]:
+        n, c, h, w = x.shape
+        return xp.empty((c, n, h, w), dtype=x.dtype).transpose(1, 0, 2, 3)
+    return xp.empty(x.shape, dtype=x.dtype)
 
 
 def _slices(m):
@@ -540,10 +597,11 @@ class GpuBatchNorm(BatchNorm):
             np.int32(self.training), sums[0], sums[1], sums[2:]))
         if not self.needs_input_grad[0]:
             return None, sums[0], sums[1]
-        gx = xp.empty(x.shape, dtype=x.dtype)
+        gx = _empty_in_layout_of(x)
         KERNELS["bn_grad_x"](x.dtype, _grid(x.size), (_BLOCK,), (
             gy, np.int64(gsn), np.int64(gsc), x, np.int64(sn), np.int64(sc), np.int64(hw),
-            np.int32(channels), np.int64(x.size), stats, sums[2:], gx))
+            np.int32(channels), np.int64(x.size), stats, sums[2:],
+            np.int64(gx.strides[0] // gx.itemsize), np.int64(gx.strides[1] // gx.itemsize), gx))
         return gx, sums[0], sums[1]
 
 
