@@ -117,13 +117,39 @@ def module_for(device):
 
 
 def to_device(array, device):
-    """Move (or keep) an array on `device`; returns the same object when nothing moves."""
+    """Move (or keep) an array on `device`; returns the same object when nothing moves.
+
+    An integer host array moved to cuda leaves its (min, max) behind (`host_range`): label range
+    checks then need no device-to-host read, which would block the host on the GPU every step."""
     check_device(device)
     if device == "cuda":
-        return _cupy.asarray(array)
+        moved = _cupy.asarray(array)
+        if isinstance(array, np.ndarray) and array.dtype.kind in "iu" and array.size:
+            _remember_range(moved, array)
+        return moved
     if is_cupy_array(array):
         return _cupy.asnumpy(array)
     return np.asarray(array)
+
+
+_HOST_RANGES = {}  # id(device array) -> (the array, min, max), the latest few integer arrays moved
+_HOST_RANGES_KEPT = 8
+
+
+def _remember_range(moved, host):
+    _HOST_RANGES[id(moved)] = (moved, int(host.min()), int(host.max()))
+    while len(_HOST_RANGES) > _HOST_RANGES_KEPT:
+        del _HOST_RANGES[next(iter(_HOST_RANGES))]
+
+
+def host_range(array):
+    """(min, max) of an integer array, read on the host: a NumPy array's own, or the values a
+    device array had when `to_device` moved it from the host (for one of the latest few moved);
+    None when the host never saw it (a device array computed on the device)."""
+    if isinstance(array, np.ndarray):
+        return (int(array.min()), int(array.max())) if array.size else None
+    known = _HOST_RANGES.get(id(array))
+    return known[1:] if known is not None and known[0] is array else None
 
 
 def to_numpy(array):

@@ -30,6 +30,7 @@ import numpy as np
 
 from .. import backend
 from ..ops.conv import Conv2d
+from ..optim import _flat
 from ..ops.norm import BatchNorm, _array, _per_channel
 
 ENV_SWITCH = "MINIRES_GPU_FAST_OPS"
@@ -457,6 +458,7 @@ class GpuConv2d(Conv2d):
 
     def forward(self, x, w, b=None):
         self.x, self.w = x, w  # x: the graph holds it anyway
+        self.gw_slot = _flat.claim_grad_slot(w, self)  # a fused optimizer's gradient slot
         n, out_channels = x.shape[0], w.shape[0]
         cols = window_cols(x, self.kernel, self.stride, self.padding)     # (K, N*P)
         y2 = backend.xp(x).dot(w.reshape(out_channels, -1), cols)          # (OC, N*P)
@@ -475,7 +477,9 @@ class GpuConv2d(Conv2d):
         gw = None
         if self.needs_input_grad[1]:
             cols = window_cols(x, self.kernel, self.stride, self.padding)
-            gw = xp.dot(gy2, cols.T).reshape(w.shape)
+            slot = _flat.grad_slot_view(self.gw_slot, self)
+            gw = xp.dot(gy2, cols.T, out=None if slot is None else slot.reshape(out_channels, -1))
+            gw = gw.reshape(w.shape) if slot is None else slot  # the slot itself: found in place
             del cols
         gx = None
         if self.needs_input_grad[0]:
@@ -538,6 +542,7 @@ class GpuBatchNorm(BatchNorm):
 
     def forward(self, x, gamma, beta):
         xp = backend.xp(x)
+        gamma_in, beta_in = gamma, beta
         x, hw, sn, sc = _element_strides(x)
         channels, m = x.shape[1], x.size // x.shape[1]
         gamma = xp.ascontiguousarray(gamma)
@@ -555,6 +560,7 @@ class GpuBatchNorm(BatchNorm):
             stats, xp.ascontiguousarray(beta), y))
         self.x, self.stats, self.layout = x, stats, (hw, sn, sc)
         self.inv_std = stats[2]
+        self.slots = [_flat.claim_grad_slot(v, self) for v in (gamma_in, beta_in)]
         return y
 
     def _batch_stats(self, x, hw, sn, sc, gamma, stats):
@@ -592,17 +598,20 @@ class GpuBatchNorm(BatchNorm):
             gy, np.int64(gsn), np.int64(gsc), x, np.int64(sn), np.int64(sc), np.int64(hw),
             np.int64(m), stats, np.int64(chunk), np.int32(slices), partial))
         sums = xp.empty((4, channels), dtype=x.dtype)  # dgamma, dbeta, the two coefficients
+        ggamma, gbeta = (_flat.grad_slot_view(slot, self) for slot in self.slots)
+        ggamma = sums[0] if ggamma is None else ggamma
+        gbeta = sums[1] if gbeta is None else gbeta
         KERNELS["bn_finalize_grads"](x.dtype, _grid(channels), (_BLOCK,), (
             partial, np.int32(slices), np.int64(m), np.int32(channels), stats,
-            np.int32(self.training), sums[0], sums[1], sums[2:]))
+            np.int32(self.training), ggamma, gbeta, sums[2:]))
         if not self.needs_input_grad[0]:
-            return None, sums[0], sums[1]
+            return None, ggamma, gbeta
         gx = _empty_in_layout_of(x)
         KERNELS["bn_grad_x"](x.dtype, _grid(x.size), (_BLOCK,), (
             gy, np.int64(gsn), np.int64(gsc), x, np.int64(sn), np.int64(sc), np.int64(hw),
             np.int32(channels), np.int64(x.size), stats, sums[2:],
             np.int64(gx.strides[0] // gx.itemsize), np.int64(gx.strides[1] // gx.itemsize), gx))
-        return gx, sums[0], sums[1]
+        return gx, ggamma, gbeta
 
 
 # --- the functional forms (minires.functional's signatures) -------------------------------------
