@@ -225,6 +225,9 @@ class DeviceKernel:
 
     def source_for(self, dtype):
         """The full source for element type `dtype` (float32 or float64)."""
+        if str(dtype) not in CUDA_TYPES:
+            raise TypeError(f"{self.name}: minires' CUDA kernels take float32 or float64 arrays, "
+                            f"got {dtype}")
         return f"typedef {CUDA_TYPES[str(dtype)]} T;\n{self.source}"
 
     def __call__(self, dtype, grid, block, args):
@@ -232,12 +235,12 @@ class DeviceKernel:
         if not any(is_cupy_array(a) for a in args):
             self.twin(*args)
             return
+        source = self.source_for(dtype)  # a dtype it lacks: refused on GPU and stand-in alike
         launch_twin = getattr(_cupy, "launch_twin", None)
         if launch_twin is not None:
             launch_twin(self.name, self.twin, args)
             return
         kernel = self._compiled.get(str(dtype))
-        if kernel is None:
-            kernel = self._compiled[str(dtype)] = _cupy.RawKernel(self.source_for(dtype),
-                                                                   self.name)
+        if kernel is None:  # compiled at the first launch for each dtype (NVRTC, then cached)
+            kernel = self._compiled[str(dtype)] = _cupy.RawKernel(source, self.name)
         kernel(grid, block, args)

@@ -390,7 +390,7 @@ for _name, _op in [("neg", operator.neg), ("pos", operator.pos), ("abs", operato
     setattr(ndarray, f"__{_name}__", _unary(_op))
 
 
-# --- the work each call costs (the module docstring's table) ---------------------------------------
+# --- the work each call costs (the module docstring's table) --------------------------------------
 
 def _arrays(values):
     """The device arrays among call arguments (in lists too: concatenate's)."""

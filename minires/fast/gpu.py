@@ -30,8 +30,8 @@ import numpy as np
 
 from .. import backend
 from ..ops.conv import Conv2d
+from ..ops.norm import BatchNorm, _array
 from ..optim import _flat
-from ..ops.norm import BatchNorm, _array, _per_channel
 
 ENV_SWITCH = "MINIRES_GPU_FAST_OPS"
 
@@ -318,7 +318,7 @@ KERNELS = {kernel.name: kernel for kernel in (
 )}
 
 
-# --- conv2d: window kernels and 2-D GEMMs ----------------------------------------------------------
+# --- conv2d: window kernels and 2-D GEMMs ---------------------------------------------------------
 #
 # The columns are ONE (K, N*P) matrix, K = C*kh*kw, P = OH*OW:
 #     cols[(c, i, j), (n, oy, ox)] = x[n, c, sy*oy - py + i, sx*ox - px + j]   (0 outside x)
