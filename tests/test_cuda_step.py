@@ -2,6 +2,7 @@
 buffer (optim/_flat.py's slots), labels checked on the host, and a whole warm step (forward,
 backward, fused SGD) run under the stand-in's capture(), where any host read, blocking sync or
 host-to-device copy raises. benchmarks/gpu_launches.py, run here, counts the launches."""
+import gc
 import importlib.util
 import json
 import os
@@ -17,7 +18,7 @@ from helpers import make
 from minires import backend, models
 from minires import functional as F
 from minires.fast import gpu
-from minires.optim import SGD
+from minires.optim import SGD, _flat
 
 import cupy_standin
 
@@ -143,3 +144,15 @@ def test_gpu_launches_counts_a_resnet20_step_within_the_issues_budget():
     for config in ("reference", "fast", "trainer_fast"):
         for field in ("launches", "syncs", "h2d", "d2h"):
             assert smaller["resnet20"][config][field] == counts["resnet20"][config][field]
+
+
+def test_a_dropped_optimizer_takes_its_gradient_slots_with_it(device):
+    model, x, y = resnet_and_batch(device)
+    optimizer = SGD(model.parameters(), lr=0.1, fused=True)
+    F.cross_entropy(model(x), y).backward()
+    optimizer.step()
+    ids = {id(p.data) for p in model.parameters()}
+    assert ids <= set(_flat._slots)
+    del optimizer
+    gc.collect()
+    assert not ids & set(_flat._slots)

@@ -30,7 +30,9 @@ import weakref
 
 from .. import backend
 
-_slots = {}  # id(a parameter's .data view) -> its GradSlot, for the parameters of live buckets
+# id(a parameter's .data view) -> its GradSlot; the buckets hold the slots, so a bucket that is
+# rebuilt or dropped with its optimizer takes its entries with it
+_slots = weakref.WeakValueDictionary()
 
 
 class FlatBucket:
@@ -50,8 +52,10 @@ class FlatBucket:
         self.state, self.handed_out = None, None  # flat state, and the per-parameter dicts given
         self.grad = backend.xp(self.data).zeros_like(self.data)  # the persistent gradient buffer
         self.grad_views = self.views(self.grad)
-        for p, data, view in zip(self.params, self.data_views, self.grad_views):
-            _slots[id(data)] = GradSlot(p, data, view)
+        self.slots = [GradSlot(p, data, view)
+                      for p, data, view in zip(self.params, self.data_views, self.grad_views)]
+        for slot in self.slots:
+            _slots[id(slot.data)] = slot
 
     def gather(self, arrays):
         """One flat array of `arrays` (shaped like the parameters): for the parameters' own
