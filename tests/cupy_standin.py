@@ -611,8 +611,8 @@ def _charge_index(what, array, parts, index, result):
             _host_write(f"{what} with a host index", np.asarray(p).nbytes)
     advanced = [p for p in parts if isinstance(p, np.ndarray)]
     if any(p.dtype == bool for p in advanced):
-        _nonzero(f"{what}[bool mask]", (), {}, None)
-    if advanced and what == "getitem":
+        _nonzero(f"{what}[bool mask]", (), {}, None)  # the scan and the gather, and the sync
+    elif advanced and what == "getitem":
         _charge(what, nbytes=2 * result.nbytes, kernels=1)
 
 
