@@ -15,9 +15,10 @@ launch count times 10 us is a floor under its time, whatever the GPU. Three conf
 
 Each is counted on a warm step (the second: the first builds the fused optimizer's buffers),
 split into forward (logits and loss), backward and optimizer step. Launches and syncs do not
-depend on the image size (every op runs once per layer whatever its shape), so `--size 8` gives
-the 32x32 counts; bytes (device memory traffic, see the stand-in) do scale with it, and are
-reported for the size run. The LAST line of output is one JSON object:
+depend on the image size (every op runs once per layer whatever its shape) as long as the last
+stage's maps stay larger than 1x1 (at 4x4 input they are 1x1, and some reshapes become views
+instead of copies), so `--size 8` gives the 32x32 counts; bytes (device memory traffic, see the
+stand-in) do scale with the size, and are reported for the size run. The LAST line of output is one JSON object:
 
     {"resnet20": {"reference": {"launches": n, "syncs": n, "bytes": n, "forward": {...}, ...},
                   "fast": {...}, "trainer_fast": {...}}, "resnet56": {...},

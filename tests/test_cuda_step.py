@@ -131,8 +131,8 @@ def run_gpu_launches(*args):
 def test_gpu_launches_counts_a_resnet20_step_within_the_issues_budget():
     """Issue 26's bar: a ResNet-20 step at B=128 on the fast path in at most 600 launches, with no
     blocking sync in forward, backward or the optimizer step. Counted at 8x8 pixels: the counts
-    do not depend on the image size (checked at 4x4 for ResNet-20 here; the README's table was
-    also counted at 32x32, with the same counts)."""
+    do not depend on the image size while the last stage's maps are larger than 1x1 (checked at
+    12x12 for ResNet-20 here; the README's table was also counted at 32x32, the same counts)."""
     counts, output = run_gpu_launches("--size", "8", "--depths", "20", "56")
     fast = counts["resnet20"]["fast"]
     assert fast["launches"] <= 600, output
@@ -140,10 +140,10 @@ def test_gpu_launches_counts_a_resnet20_step_within_the_issues_budget():
     assert fast["h2d"] == 0 and counts["resnet20"]["reference"]["launches"] > 3 * fast["launches"]
     assert counts["resnet56"]["fast"]["launches"] > fast["launches"]
     assert counts["resnet20"]["trainer_fast"]["launches"] >= fast["launches"]
-    smaller, _ = run_gpu_launches("--size", "4", "--depths", "20")
+    larger, _ = run_gpu_launches("--size", "12", "--depths", "20")
     for config in ("reference", "fast", "trainer_fast"):
         for field in ("launches", "syncs", "h2d", "d2h"):
-            assert smaller["resnet20"][config][field] == counts["resnet20"][config][field]
+            assert larger["resnet20"][config][field] == counts["resnet20"][config][field]
 
 
 def test_a_dropped_optimizer_takes_its_gradient_slots_with_it(device):
