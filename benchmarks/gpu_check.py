@@ -1,23 +1,28 @@
-"""Everything minires wants from a lent GPU machine, in one command and under five minutes.
+"""Everything minires wants from a lent GPU machine, in one command and under eight minutes.
 
     PYTHONPATH=$PWD python3 benchmarks/gpu_check.py               # on the GPU machine
     PYTHONPATH=$PWD python3 benchmarks/gpu_check.py --standin     # dry run on the CPU stand-in
 
 Run it from the repository root, first thing on the machine: nothing is installed and nothing is
 downloaded (it needs numpy, cupy, matplotlib, pytest and torch; pytest-xdist when present). The
-steps, each a subprocess with its own time limit (their sum stays under five minutes):
+steps, each a subprocess with its own time limit (their sum, 425 s, leaves a lease of 480 s room):
 
   env         nvidia-smi and the versions of Python, NumPy, CuPy and torch; does minires see a GPU
+  fast tests  MINIRES_GPU_FAST_OPS=1 pytest on the GPU fast path (minires/fast/gpu.py): its
+              kernels compiled by CuPy and run, float32 against NumPy within 1e-5, float64
+              gradchecks, a fused-SGD ResNet trained the same as with the references
   cuda tests  pytest -m "cuda or gpu": every device test's cuda variant, all seven tutorials on
               cuda, and the gpu-only tests, on the GPU
   suite       MINIRES_DEVICE=cuda pytest: the whole suite with cuda as the default device
   main job    minires gradients --device cuda --depths 20 56 110
   train       minires train --device cuda: one epoch of ResNet-20 on synthetic data
-  train_step  benchmarks/train_step.py --device cuda: ResNet-20 img/s and memory against PyTorch
+  train_step  benchmarks/train_step.py --device cuda: ResNet-20 img/s and memory, the reference
+              path and the fast path (minires-gpufast: fast ops and fused SGD) against PyTorch
 
 It writes one log (default $OUT/gpu_check.log when $OUT is set, else runs/gpu_check.log) with every
-step's full output, puts the steps' files (figures, CSVs, JSON) in a folder beside it, and prints a
-summary table: each step, pass or fail, seconds, and its key numbers.
+step's full output, keeps four of the steps' files in a folder beside it (KEPT: at most 5 files
+in all), and prints a summary table: each step, pass or fail, seconds, and its key numbers. The
+fast path stays off by default (MINIRES_GPU_FAST_OPS) until these steps have passed on a GPU.
 
 --standin runs the same steps on the CPU stand-in for CuPy (tests/standin_run.py) at tiny sizes;
 tests/test_cuda_gpu_check.py runs it in CI, so this script cannot rot between GPU leases.
@@ -28,14 +33,19 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STANDIN_RUNNER = ROOT / "tests" / "standin_run.py"
+KEPT = ("train_step.json", "gradients/layers.csv", "train/metrics.csv", "train/checkpoint.npz")
+STEP_ENV = {"suite": {"MINIRES_DEVICE": "cuda"}, "fast tests": {"MINIRES_GPU_FAST_OPS": "1"}}
+FAST_TESTS = ["tests/test_fast_gpu.py", "tests/test_cuda_step.py", "tests/test_cuda_kernels.py"]
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -47,23 +57,27 @@ def steps(files, standin):
     parallel = ["-n", "8"] if importlib.util.find_spec("xdist") and not standin else []
     pytest = python + ["-m", "pytest", "-q", "-p", "no:cacheprovider"] + parallel
     if standin:  # the same commands, on a few tests and tiny nets
+        fast_tests = ["tests/test_fast_gpu.py", "-k", "matches_the_reference and float32"]
         cuda_tests = ["-m", "cuda", "tests/test_cuda_standin.py", "-k", "moving or scatter"]
         suite = ["tests/test_cuda_standin.py", "-k", "reductions"]
         depths, batch = ["8"], "2"
         train = ["--model", "resnet8", "--batch-size", "8", "--steps-per-epoch", "2",
                  "--n-train", "32", "--n-test", "16"]
         bench = ["--model", "resnet8", "--batch", "4", "--repeats", "1", "--warmup", "0",
-                 "--frameworks", "minires", "--no-memory"]
+                 "--frameworks", "minires", "minires-gpufast", "--no-memory"]
     else:
+        fast_tests = FAST_TESTS + ["-k", "not gpu_launches"]
         cuda_tests = ["-m", "cuda or gpu", "tests"]
         suite = ["tests"]
         depths, batch = ["20", "56", "110"], "32"
         train = ["--model", "resnet20", "--batch-size", "128"]
-        bench = ["--model", "resnet20", "--batch", "128", "--frameworks", "minires", "torch"]
+        bench = ["--model", "resnet20", "--batch", "128", "--frameworks", "minires",
+                 "minires-gpufast", "torch"]
     return [
         ("env", on_cuda + ["-c", ENV_PROBE], 15, summarize_env),
+        ("fast tests", pytest + fast_tests, 60, summarize_pytest),
         ("cuda tests", pytest + cuda_tests, 75, summarize_pytest),
-        ("suite", pytest + suite, 100, summarize_pytest),
+        ("suite", pytest + suite, 150, summarize_pytest),
         ("main job", on_cuda + ["-m", "minires", "gradients", "--device", "cuda", "--depths",
                                 *depths, "--batch-size", batch, "--data", "synthetic",
                                 "--out", str(files / "gradients")], 40, summarize_gradients),
@@ -72,7 +86,7 @@ def steps(files, standin):
                              "--out", str(files / "train")], 25,
          lambda output: summarize_train(files / "train" / "metrics.csv")),
         ("train_step", on_cuda + [str(ROOT / "benchmarks" / "train_step.py"), "--device", "cuda",
-                                  *bench, "--json", str(files / "train_step.json")], 35,
+                                  *bench, "--json", str(files / "train_step.json")], 60,
          lambda output: summarize_train_step(files / "train_step.json")),
     ]
 
@@ -178,8 +192,8 @@ def main(argv=None):
                         help="dry run: the same steps on the CPU stand-in for CuPy, tiny sizes")
     args = parser.parse_args(argv)
     log = args.log or default_log()
-    files = log.with_name(log.stem + "_files")
-    files.mkdir(parents=True, exist_ok=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    files = Path(tempfile.mkdtemp(prefix="gpu_check_"))  # the steps' outputs; KEPT are kept
     env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     if not args.standin:
@@ -190,7 +204,7 @@ def main(argv=None):
     results = []
     with open(log, "w") as handle:
         for name, command, seconds, summarize in plan:
-            step_env = dict(env, MINIRES_DEVICE="cuda") if name == "suite" else env
+            step_env = dict(env, **STEP_ENV.get(name, {}))
             handle.write(f"=== {name} ({time.strftime('%H:%M:%S')}, at most {seconds} s)\n"
                          f"$ {' '.join(command)}\n")
             handle.flush()
@@ -203,8 +217,21 @@ def main(argv=None):
         table = summary_table(results)
         handle.write(table + "\n")
     print(table)
-    print(f"log: {log}; files: {files}")
+    kept = keep_files(files, log.with_name(log.stem + "_files"))
+    print(f"log: {log}; files: {', '.join(str(k) for k in kept)}")
     return 0 if all(r[1] == "pass" for r in results) else 1
+
+
+def keep_files(scratch, folder):
+    """Move the KEPT files from the steps' scratch folder to `folder`, drop the rest; returns
+    the paths kept (a lease copies back few files: the log and these)."""
+    kept = []
+    for name in KEPT:
+        if (scratch / name).is_file():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            kept.append(Path(shutil.move(str(scratch / name), str(folder / name))))
+    shutil.rmtree(scratch, ignore_errors=True)
+    return kept
 
 
 def summary_table(results):

@@ -117,13 +117,39 @@ def module_for(device):
 
 
 def to_device(array, device):
-    """Move (or keep) an array on `device`; returns the same object when nothing moves."""
+    """Move (or keep) an array on `device`; returns the same object when nothing moves.
+
+    An integer host array moved to cuda leaves its (min, max) behind (`host_range`): label range
+    checks then need no device-to-host read, which would block the host on the GPU every step."""
     check_device(device)
     if device == "cuda":
-        return _cupy.asarray(array)
+        moved = _cupy.asarray(array)
+        if isinstance(array, np.ndarray) and array.dtype.kind in "iu" and array.size:
+            _remember_range(moved, array)
+        return moved
     if is_cupy_array(array):
         return _cupy.asnumpy(array)
     return np.asarray(array)
+
+
+_HOST_RANGES = {}  # id(device array) -> (the array, min, max), the latest few integer arrays moved
+_HOST_RANGES_KEPT = 8
+
+
+def _remember_range(moved, host):
+    _HOST_RANGES[id(moved)] = (moved, int(host.min()), int(host.max()))
+    while len(_HOST_RANGES) > _HOST_RANGES_KEPT:
+        del _HOST_RANGES[next(iter(_HOST_RANGES))]
+
+
+def host_range(array):
+    """(min, max) of an integer array, read on the host: a NumPy array's own, or the values a
+    device array had when `to_device` moved it from the host (for one of the latest few moved);
+    None when the host never saw it (a device array computed on the device)."""
+    if isinstance(array, np.ndarray):
+        return (int(array.min()), int(array.max())) if array.size else None
+    known = _HOST_RANGES.get(id(array))
+    return known[1:] if known is not None and known[0] is array else None
 
 
 def to_numpy(array):
@@ -175,3 +201,46 @@ def cupy_module():
     """CuPy itself (or the module registered for cuda), for GPU-only tools such as its memory
     pool; None when there is none."""
     return _cupy
+
+
+# --- minires' own CUDA kernels ------------------------------------------------------------------
+
+CUDA_TYPES = {"float32": "float", "float64": "double"}
+
+
+class DeviceKernel:
+    """A CUDA kernel of minires: C++ source with one `extern "C" __global__` function `name`,
+    written for an element type `T`, and a NumPy twin that computes the same outputs.
+
+    On CuPy it is compiled by `cupy.RawKernel` (NVRTC) once per dtype and launched on
+    (grid, block); the arguments are CuPy arrays and NumPy scalars of the kernel's C types. On a
+    module that offers `launch_twin` (the tests' CuPy stand-in) the twin runs instead, on the
+    NumPy arrays behind the device arrays. Every source is compiled in CI with NVRTC for sm_75,
+    sm_80 and sm_90 (tests/test_cuda_kernels.py), so no kernel reaches a GPU uncompiled.
+    """
+
+    def __init__(self, name, source, twin):
+        self.name, self.source, self.twin = name, source, twin
+        self._compiled = {}  # dtype name -> cupy.RawKernel
+
+    def source_for(self, dtype):
+        """The full source for element type `dtype` (float32 or float64)."""
+        if str(dtype) not in CUDA_TYPES:
+            raise TypeError(f"{self.name}: minires' CUDA kernels take float32 or float64 arrays, "
+                            f"got {dtype}")
+        return f"typedef {CUDA_TYPES[str(dtype)]} T;\n{self.source}"
+
+    def __call__(self, dtype, grid, block, args):
+        """Launch on (grid, block); NumPy arrays (the CPU tests of the GPU ops) run the twin."""
+        if not any(is_cupy_array(a) for a in args):
+            self.twin(*args)
+            return
+        source = self.source_for(dtype)  # a dtype it lacks: refused on GPU and stand-in alike
+        launch_twin = getattr(_cupy, "launch_twin", None)
+        if launch_twin is not None:
+            launch_twin(self.name, self.twin, args)
+            return
+        kernel = self._compiled.get(str(dtype))
+        if kernel is None:  # compiled at the first launch for each dtype (NVRTC, then cached)
+            kernel = self._compiled[str(dtype)] = _cupy.RawKernel(source, self.name)
+        kernel(grid, block, args)

@@ -21,7 +21,7 @@ import cupy_standin
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-STEPS = ("env", "cuda tests", "suite", "main job", "train", "train_step")
+STEPS = ("env", "fast tests", "cuda tests", "suite", "main job", "train", "train_step")
 
 
 def _env():
@@ -41,11 +41,14 @@ def test_gpu_check_dry_run_passes_every_step_and_writes_its_log(tmp_path):
         assert re.search(rf"^{step}\s+pass\s+[\d.]+\s+\S", result.stdout, re.M), result.stdout
     assert re.search(r"^main job .*first/last ratio plain-8 [\d.]+, residual-8 [\d.]+",
                      result.stdout, re.M), result.stdout
-    assert re.search(r"^train_step .*minires [\d.]+ img/s", result.stdout, re.M), result.stdout
+    assert re.search(r"^train_step .*minires [\d.]+ img/s, minires-gpufast [\d.]+ img/s",
+                     result.stdout, re.M), result.stdout
     text = log.read_text()
     assert [line[4:].split(" (")[0] for line in text.splitlines()
             if line.startswith("=== ")] == list(STEPS)
     assert text.count("exit status: 0") == len(STEPS)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) <= 7, written  # what a lease copies back from $OUT
     files = tmp_path / "gpu_check_files"
     assert (files / "gradients" / "layers.csv").is_file() and (files / "train_step.json").is_file()
     # the checkpoint `minires train --device cuda` wrote loads on the CPU
@@ -66,3 +69,16 @@ def test_a_step_that_hangs_is_stopped_at_its_time_limit():
     assert status == "timeout" and time.monotonic() - start < 20
     table = gpu_check.summary_table([("env", "FAIL (timeout)", 1.0, "")])
     assert re.search(r"^env\s+FAIL \(timeout\)\s+1\.0", table, re.M), table
+
+
+def test_the_real_plan_fits_a_480_second_lease_and_runs_the_fast_path(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    plan = gpu_check.steps(tmp_path, standin=False)
+    assert [step[0] for step in plan] == list(STEPS)
+    assert sum(step[2] for step in plan) <= 450  # room for start-up and the copies back
+    commands = {name: command for name, command, _, _ in plan}
+    assert set(gpu_check.FAST_TESTS) <= set(commands["fast tests"])
+    assert gpu_check.STEP_ENV["fast tests"] == {"MINIRES_GPU_FAST_OPS": "1"}
+    assert "minires-gpufast" in commands["train_step"] and "torch" in commands["train_step"]

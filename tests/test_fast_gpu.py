@@ -153,7 +153,8 @@ def bn_arrays(rng, shape):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 4)], ids=["NCHW", "NC"])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (7, 4), (2, 2, 96, 96)],
+                         ids=["NCHW", "NC", "sliced"])  # sliced: partial sums over 2 blocks
 def test_gpu_batch_norm_matches_the_reference(device, rng, dtype, training, shape):
     """The GPU op on `device` against the reference on NumPy, running statistics included."""
     arrays = bn_arrays(rng, shape)
@@ -207,12 +208,49 @@ def test_gpu_batch_norm_constant_channel(device, rng):
     assert all(np.isfinite(g).all() for g in fast[1])
 
 
+def test_gpu_batch_norm_reads_a_channels_first_view(device, rng):
+    """x as the (C, N, H, W)-ordered memory of a GEMM output, seen as NCHW: no copy, same y."""
+    arrays = bn_arrays(rng, (3, 4, 5, 6))
+    channels_first = np.ascontiguousarray(arrays[0].transpose(1, 0, 2, 3))
+    leaf = make(channels_first, device, requires_grad=True)
+    x = leaf.transpose(1, 0, 2, 3)
+    gamma, beta = (make(a, device, requires_grad=True) for a in arrays[1:])
+    y = gpu.batch_norm(x, gamma, beta)
+    assert y.creator.x is x.data  # read in place, through its strides
+    want = run_op(bn_call(reference_norm.batch_norm, None, True), arrays, "cpu", np.float64,
+                  {0, 1, 2})
+    y.backward(backend.to_device(np.random.default_rng(1).standard_normal(y.shape), device))
+    got = [y.numpy(), leaf.grad.numpy().transpose(1, 0, 2, 3), gamma.grad.numpy(),
+           beta.grad.numpy()]
+    for have, expected in zip(got, [want[0], *want[1]]):
+        np.testing.assert_allclose(have, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_gpu_batch_norm_eval_saves_its_own_running_statistics(device, rng):
+    """Issue 25's bypass: an eval forward, then a train-mode forward on the same buffers (they
+    change in place), then the eval output's backward must still use the statistics it saw."""
+    arrays = bn_arrays(rng, (4, 3, 5, 5))
+    start = [rng.standard_normal(3), rng.uniform(0.5, 2, 3)]
+
+    def eval_grad(train_in_between):
+        running = [backend.to_device(s.copy(), device) for s in start]
+        x, gamma, beta = (make(a, device, requires_grad=True) for a in arrays)
+        y = gpu.batch_norm(x, gamma, beta, *running, training=False)
+        if train_in_between:
+            gpu.batch_norm(make(arrays[0] * 3 + 1, device), gamma, beta, *running, training=True)
+        (y * y).sum().backward()
+        return [t.grad.numpy() for t in (x, gamma, beta)]
+
+    for changed, unchanged in zip(eval_grad(True), eval_grad(False)):
+        np.testing.assert_array_equal(changed, unchanged)
+
+
 def test_gpu_batch_norm_keeps_no_activation_sized_array_but_x(device, rng):
     """Saved for the backward: x (held by the graph anyway) and per-channel vectors; no x-hat."""
     x, gamma, beta = (make(a, device, requires_grad=True) for a in bn_arrays(rng, (4, 3, 5, 5)))
     y = gpu.batch_norm(x, gamma, beta)
     saved = [v for v in vars(y.creator).values() if backend.is_array(v)]
-    big = [v for v in saved if v.size > 3]
+    big = [v for v in saved if v.size > 4 * 3]  # per-channel: (4, C) mean, var, 1/std, gamma/std
     assert len(big) == 1 and big[0] is x.data
     (y * y).sum().backward()
     assert not [v for v in vars(y.creator).values() if backend.is_array(v)]

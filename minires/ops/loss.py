@@ -49,10 +49,10 @@ class CrossEntropy(Function):
         if logits.shape[0] == 0:
             raise ValueError(f"cross_entropy: the batch is empty, and the mean of no losses is "
                              f"undefined ({shapes(logits=logits, labels=labels)})")
-        if labels.size and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
+        low, high = _label_range(labels)
+        if low < 0 or high >= logits.shape[1]:
             raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got "
-                             f"{int(labels.min())}..{int(labels.max())} "
-                             f"({shapes(logits=logits, labels=labels)})")
+                             f"{low}..{high} ({shapes(logits=logits, labels=labels)})")
 
     def forward(self, logits, labels):
         xp = backend.xp(logits)
@@ -68,11 +68,23 @@ class CrossEntropy(Function):
         return grad * (gy / n), None
 
 
+def _label_range(labels):
+    """(min, max) of the labels, read on the host: labels moved to the GPU by backend.to_device
+    (the DataLoader, minires.tensor) carry the range they had there, so a training step reads
+    nothing back from the device; only labels computed on the device cost a read (two syncs)."""
+    if not labels.size:
+        return 0, 0
+    known = backend.host_range(labels)
+    return known if known is not None else (int(labels.min()), int(labels.max()))
+
+
 def log_softmax(x, axis=1):
     return LogSoftmax(axis).apply(x)
 
 
 def cross_entropy(logits, labels):
     """Mean cross-entropy of logits (N, K) against integer labels (N,)."""
-    labels = labels if isinstance(labels, Tensor) else Tensor(backend.xp(logits.data).asarray(labels))
+    if not isinstance(labels, Tensor):  # through to_device, so the range is known on the host
+        host = labels if backend.is_array(labels) else backend.to_numpy(labels)
+        labels = Tensor(backend.to_device(host, backend.device_of(logits.data)))
     return CrossEntropy().apply(logits, labels)

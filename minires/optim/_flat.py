@@ -3,9 +3,19 @@
 Unfused, a step runs a few array operations per parameter: on a GPU each is one kernel launch
 (about 10 us from Python), so a ResNet-20's 59 parameter tensors cost some 250 launches per step.
 Fused, the parameters of a group that share a device and a dtype live in ONE flat buffer (each
-`p.data` becomes a view of it), the gradients are gathered with one concatenate, and the
+`p.data` becomes a view of it), their gradients in a second, persistent one, and the
 optimizer's own `_update` runs once, on the flat arrays: the same operations, element for element,
 so the result is the unfused one bit for bit, in about ten launches.
+
+Gradients without a gather. Each parameter has a slot in the flat gradient buffer. An op that
+computes a parameter's gradient itself (the GPU conv2d and batch_norm of minires/fast/gpu.py)
+claims the slot at its forward (`claim_grad_slot`) and, at its backward, writes the gradient
+straight into it (`grad_slot_view`) when the parameter has no gradient yet; `.grad` is then that
+view, and the step finds it in place. Other gradients are copied into their slots, one copy each:
+no concatenate, whose pointer tables CuPy copies host-to-device at every call. A slot is used once
+per claim, so a weight shared by two ops, or gradients accumulated over two backward passes, come
+out right (the second gradient is a fresh array, summed by the engine as usual). The gradient
+buffer is reused every step: a `.grad` kept from an earlier step changes with it.
 
 The flat state (momentum buffers, Adam's moments) is handed out per parameter as views, so
 `optimizer.state`, `state_dict` and `load_state_dict` look exactly as unfused. A step falls back
@@ -16,8 +26,13 @@ was replaced (`model.load_state_dict`, `.to()`) is noticed at the next step, and
 built again around the new arrays.
 """
 import types
+import weakref
 
 from .. import backend
+
+# id(a parameter's .data view) -> its GradSlot; the buckets hold the slots, so a bucket that is
+# rebuilt or dropped with its optimizer takes its entries with it
+_slots = weakref.WeakValueDictionary()
 
 
 class FlatBucket:
@@ -35,9 +50,22 @@ class FlatBucket:
             p.data = view
         self.data_views = [p.data for p in self.params]
         self.state, self.handed_out = None, None  # flat state, and the per-parameter dicts given
+        self.grad = backend.xp(self.data).zeros_like(self.data)  # the persistent gradient buffer
+        self.grad_views = self.views(self.grad)
+        self.slots = [GradSlot(p, data, view)
+                      for p, data, view in zip(self.params, self.data_views, self.grad_views)]
+        for slot in self.slots:
+            _slots[id(slot.data)] = slot
 
     def gather(self, arrays):
-        """One flat array of `arrays` (shaped like the parameters), in one concatenate."""
+        """One flat array of `arrays` (shaped like the parameters): for the parameters' own
+        gradients the persistent buffer, with those not already in their slots copied in;
+        otherwise (optimizer state) one concatenate."""
+        if all(p.grad is not None and a is p.grad.data for p, a in zip(self.params, arrays)):
+            for a, view in zip(arrays, self.grad_views):
+                if a is not view:
+                    view[...] = a
+            return self.grad
         return backend.xp(arrays[0]).concatenate([a.ravel() for a in arrays])
 
     def views(self, flat):
@@ -51,6 +79,36 @@ class FlatBucket:
     def as_parameter(self):
         """The flat buffer as the `p` an optimizer's `_update(p, grad, group, state)` takes."""
         return types.SimpleNamespace(data=self.data)
+
+
+class GradSlot:
+    """A parameter's place in its bucket's gradient buffer, lent to one op at a time."""
+
+    def __init__(self, param, data, view):
+        self.param, self.data, self.view = param, data, view
+        self.owner = None  # weakref to the op that claimed it
+
+    def is_free(self):
+        return self.owner is None or self.owner() is None
+
+
+def claim_grad_slot(array, op):
+    """At `op`'s forward: the gradient slot of the parameter whose `.data` is `array`, claimed
+    for `op`; None when `array` is no fused parameter's data or another live op holds the slot."""
+    slot = _slots.get(id(array))
+    if slot is None or slot.data is not array or slot.param.data is not array or not slot.is_free():
+        return None
+    slot.owner = weakref.ref(op)
+    return slot
+
+
+def grad_slot_view(slot, op):
+    """At `op`'s backward: the view to write the parameter's gradient into, or None (no slot,
+    or the parameter already has a gradient that this one will be added to). Frees the slot."""
+    if slot is None or slot.is_free() or slot.owner() is not op:
+        return None
+    slot.owner = None
+    return slot.view if slot.param.grad is None and slot.param.data is slot.data else None
 
 
 def buckets_of(params):
