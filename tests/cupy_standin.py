@@ -546,7 +546,7 @@ def _rule_table():
             table[name] = rule
 
     ufuncs = [n for n in dir(np) if isinstance(getattr(np, n), np.ufunc)]
-    add(_elementwise, " ".join(ufuncs) + " where clip around round take take_along_axis "
+    add(_elementwise, " ".join(ufuncs) + " where copyto clip around round take take_along_axis "
         "isclose nan_to_num")
     add(_reduction, "sum mean max min amax amin argmax argmin all any prod count_nonzero "
         "cumsum nansum nanmax nanmin median")

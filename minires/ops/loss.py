@@ -72,8 +72,6 @@ def _label_range(labels):
     """(min, max) of the labels, read on the host: labels moved to the GPU by backend.to_device
     (the DataLoader, minires.tensor) carry the range they had there, so a training step reads
     nothing back from the device; only labels computed on the device cost a read (two syncs)."""
-    if not labels.size:
-        return 0, 0
     known = backend.host_range(labels)
     return known if known is not None else (int(labels.min()), int(labels.max()))
 
