@@ -317,8 +317,8 @@ def test_a_negative_seed_is_refused_by_the_parser(capsys):
 def test_assignment_grade_json_to_an_unwritable_place_is_one_line(tmp_path):
     workspace = tmp_path / "hw"
     assert finished(command("assignment", "make", "conv", "--out", str(workspace)))[0] == 0
-    returncode, _, err = finished(command("assignment", "grade", str(workspace), "--json",
-                                          str(UNWRITABLE / "results.json")))
+    returncode, _, err = finished(command("assignment", "grade", str(workspace), "--assignment",
+                                          "conv", "--json", str(UNWRITABLE / "results.json")))
     one_line_failure(returncode, err, f"minires assignment: cannot write {UNWRITABLE}")
 
 
