@@ -21,10 +21,11 @@ the import costs) and, as "step MB", the peak minus the resident set just before
 pool (the pool keeps its high-water mark, like torch's max_memory_reserved) against torch's
 max_memory_reserved and max_memory_allocated.
 
-Allocation. minires leaves glibc's malloc as it is; its fast ops take their outputs from
-minires' own cache of blocks, which the next step reuses (minires/fast/memory.py). Run with
-MINIRES_KEEP_FREED_MEMORY=1 to time it with all freed memory kept in the process, which then
-applies to every framework timed beside it.
+Allocation. minires leaves glibc's malloc as it is: every op output is an ordinary NumPy array,
+freed (and its pages given back to the system) when the graph lets go of it.
+
+Without minires/fast (a student build) minires runs its reference ops, and "minires-gpufast" is
+skipped with a note.
 
 GPU. On `--device cuda` minires runs twice: "minires", the ops `minires.functional` picks by
 default, and "minires-gpufast", the GPU fast ops (minires/fast/gpu.py, what MINIRES_GPU_FAST_OPS=1
@@ -309,6 +310,10 @@ def gpu_memory_ratios(row, frameworks):
 
 def available(name, device):
     """Whether a framework can run on `device` here (imports it, so call in the timing process)."""
+    if name == "minires-gpufast":
+        import importlib.util
+        sys.path.insert(0, REPO)
+        return importlib.util.find_spec("minires.fast") is not None
     try:
         if name == "torch":
             import torch
@@ -532,7 +537,9 @@ def main(argv=None):
     if args.frameworks is None:
         args.frameworks = ["minires"] + (["minires-gpufast"] if args.device == "cuda" else []) + [
             "torch", "dezero"]
-    frameworks = [n for n in args.frameworks if is_minires(n) or available(n, args.device)]
+    frameworks = [n for n in args.frameworks if n == "minires" or available(n, args.device)]
+    for name in sorted(set(args.frameworks) - set(frameworks)):
+        print(f"skipped {name}: not available here")
     if not any(is_minires(n) for n in frameworks):  # minires-gpufast alone: ResNet-1202's memory
         frameworks.insert(0, "minires")
     versions = {"numpy": np.__version__}
