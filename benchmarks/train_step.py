@@ -22,7 +22,9 @@ pool (the pool keeps its high-water mark, like torch's max_memory_reserved) agai
 max_memory_reserved and max_memory_allocated.
 
 Allocation. minires leaves glibc's malloc as it is: every op output is an ordinary NumPy array,
-freed (and its pages given back to the system) when the graph lets go of it.
+freed (and its pages given back to the system) when the graph lets go of it. With
+`--keep-freed-memory` the run first sets malloc as the `minires` commands may for their own
+process (minires/_process.py); that applies to every framework timed in the run.
 
 Without minires/fast (a student build) minires runs its reference ops, and "minires-gpufast" is
 skipped with a note.
@@ -521,11 +523,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS and torch threads (default: each library's own choice)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="set glibc's malloc to keep freed memory (minires/_process.py)")
     parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "DEPTH", "BATCH"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _set_threads(args.threads)
+    if args.keep_freed_memory:
+        sys.path.insert(0, REPO)
+        from minires._process import keep_freed_memory
+        print(f"malloc keeps freed memory: {keep_freed_memory()}")
 
     if args.child:
         name, depth, batch = args.child
