@@ -49,6 +49,14 @@ def _fast_module(name):
     return _fast_modules[name]
 
 
+def load_fast_ops():
+    """Import minires.fast's CPU ops now, whatever the switch says (they are imported at first use
+    otherwise). The grader calls it before it hides the graded methods, which the fast ops
+    override too: a class imported later would escape the hiding."""
+    for name in ("conv", "norm"):
+        _fast_module(name)
+
+
 def _gpu_fast_requested():
     """Env MINIRES_GPU_FAST_OPS is 1/true/yes/on (off by default: see the module docstring)."""
     return os.environ.get("MINIRES_GPU_FAST_OPS", "0").strip().lower() in ("1", "true", "yes", "on")
