@@ -122,11 +122,11 @@ def main(argv=None):
     print(f"bytes kept for the backward of one training step, float32, B={args.batch} "
           f"(measured at B={args.measure_batches[0]} and {args.measure_batches[1]}, "
           f"extrapolated linearly)")
+    if "gpu-fast" not in VARIANTS:
+        print("minires/fast is absent: the gpu-fast columns are skipped")
     header = (f"{'net':<12}{'ref saved':>11}{'ref held':>10}{'fast saved':>12}{'fast held':>11}"
               f"{'held ratio':>12}{'torch reserved':>16}{'fast held/torch':>17}")
     print(header + "\n" + "-" * len(header))
-    if "gpu-fast" not in VARIANTS:
-        print("minires/fast is absent: the gpu-fast columns are skipped")
     rows = []
     for depth in tqdm(args.depths, desc="nets", leave=False):
         row = {v: at_batch(depth, v, args.measure_batches, args.batch) for v in VARIANTS}

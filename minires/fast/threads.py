@@ -52,11 +52,11 @@ def _blas_thread_setting(environ):
     return None
 
 
-BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read when minires is imported
+BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read at the first fast op
 
 
 def blas_runs_one_thread():
-    """True when BLAS runs one thread: the environment said so when minires was imported (e.g.
+    """True when BLAS runs one thread: the environment said so at the first fast op (e.g.
     OPENBLAS_NUM_THREADS=1), or a training command set it (one_blas_thread_for_this_process).
 
     A limit set at run time by other code is not seen: then only the speed suffers (products
