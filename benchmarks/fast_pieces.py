@@ -16,13 +16,15 @@ thread" runs every chunk in the calling thread (MINIRES_NUM_THREADS=1); "BLAS on
 the training commands run (BLAS set to one thread for the process, each product one call).
 Without minires/fast only "reference" runs, and the script says so.
 
-Measured on 2026-12-07 (2 cores shared with other jobs, load average 5-10: wall times swing by
-2x between rounds, so compare the ratios within rounds). Taking the lent-block cache out first,
-then: threaded relu/add (fast/elementwise.py) 0.91x wall, 0.90x CPU: it cost time, and went;
-the norm's wide rows 0.92x wall, 1.13x CPU (an earlier 3-round run: 1.18-1.20x wall): no
-consistent 5% of the wall time, and went; products as one call per chunk 7.2x and 7.7x (BLAS's
-threads spinning against the pool's): the pieces stay; BLAS on one thread for the commands
-0.86x, 0.64x and 1.32x in three runs (median 0.86x): it stays.
+Measured on 2026-12-07 (2 cores shared with other jobs, so compare the ratios within rounds).
+With the lent-block cache already out, at load 5-10: threaded relu/add (the former
+fast/elementwise.py) 0.91x wall, 0.90x CPU: it cost time, and went; the norm's wide rows 0.92x
+wall, 1.13x CPU (3-round runs: 1.18-1.20x wall): no consistent 5% of the wall time, and went;
+products threaded by BLAS in the calling thread 7.2x and 7.7x. On the layer as it is now, at
+load 2 (3 rounds): reference 2.93x, products as one call per chunk 1.96x, pool of 1 thread
+1.48x: the pieces and the pool stay. BLAS on one thread (the commands' setting) gave 0.64x,
+0.86x and 1.32x at load 5-10, and 1.02x and 1.02x at load 2 (3 and 5 rounds): it helps only
+on a busy machine, and whether it stays is open (issue 25).
 """
 import argparse
 import contextlib
