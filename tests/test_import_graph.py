@@ -12,8 +12,6 @@ import ast
 import pathlib
 import sys
 
-import pytest
-
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "minires"
 # left out until its own loops are undone (issue 25 gives minires.assignments its own change)
 EXCLUDED = ("minires.assignments",)
