@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STANDIN_RUNNER = ROOT / "tests" / "standin_run.py"
 KEPT = ("train_step.json", "gradients/layers.csv", "train/metrics.csv", "train/checkpoint.npz")
 STEP_ENV = {"suite": {"MINIRES_DEVICE": "cuda"}, "fast tests": {"MINIRES_GPU_FAST_OPS": "1"}}
-FAST_TESTS = ["tests/test_fast_gpu.py", "tests/test_cuda_step.py", "tests/test_cuda_kernels.py"]
+FAST_TESTS = ["tests/fast/test_fast_gpu.py", "tests/test_cuda_step.py", "tests/test_cuda_kernels.py"]
 
 
 # --- the steps ------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def steps(files, standin):
     parallel = ["-n", "8"] if importlib.util.find_spec("xdist") and not standin else []
     pytest = python + ["-m", "pytest", "-q", "-p", "no:cacheprovider"] + parallel
     if standin:  # the same commands, on a few tests and tiny nets
-        fast_tests = ["tests/test_fast_gpu.py", "-k", "matches_the_reference and float32"]
+        fast_tests = ["tests/fast/test_fast_gpu.py", "-k", "matches_the_reference and float32"]
         cuda_tests = ["-m", "cuda", "tests/test_cuda_standin.py", "-k", "moving or scatter"]
         suite = ["tests/test_cuda_standin.py", "-k", "reductions"]
         depths, batch = ["8"], "2"

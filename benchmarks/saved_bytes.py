@@ -31,15 +31,28 @@ from tqdm import tqdm  # noqa: E402
 import minires  # noqa: E402
 import minires.functional as F  # noqa: E402
 from minires import backend  # noqa: E402
-from minires.fast import gpu  # noqa: E402
 from minires.models import cifar_resnet  # noqa: E402
 from minires.ops import conv as reference_conv  # noqa: E402
 from minires.ops import norm as reference_norm  # noqa: E402
 from train_step import functional_ops  # noqa: E402
 
 TORCH_RESERVED_MIB = {20: 418, 56: 758, 110: 1268, 1202: 11606}  # H200, B=128, device report
-VARIANTS = {"reference": (reference_conv.conv2d, reference_norm.batch_norm),
-            "gpu-fast": (gpu.conv2d, gpu.batch_norm)}
+
+
+def gpu_fast_ops():
+    """minires.fast.gpu's (conv2d, batch_norm), or None where minires/fast is absent."""
+    try:
+        from minires.fast import gpu
+    except ModuleNotFoundError as missing:
+        if missing.name != "minires.fast":
+            raise
+        return None
+    return gpu.conv2d, gpu.batch_norm
+
+
+VARIANTS = {"reference": (reference_conv.conv2d, reference_norm.batch_norm)}
+if gpu_fast_ops() is not None:
+    VARIANTS["gpu-fast"] = gpu_fast_ops()
 
 
 def base_of(array):
@@ -109,19 +122,24 @@ def main(argv=None):
     print(f"bytes kept for the backward of one training step, float32, B={args.batch} "
           f"(measured at B={args.measure_batches[0]} and {args.measure_batches[1]}, "
           f"extrapolated linearly)")
+    if "gpu-fast" not in VARIANTS:
+        print("minires/fast is absent: the gpu-fast columns are skipped")
     header = (f"{'net':<12}{'ref saved':>11}{'ref held':>10}{'fast saved':>12}{'fast held':>11}"
               f"{'held ratio':>12}{'torch reserved':>16}{'fast held/torch':>17}")
     print(header + "\n" + "-" * len(header))
     rows = []
     for depth in tqdm(args.depths, desc="nets", leave=False):
         row = {v: at_batch(depth, v, args.measure_batches, args.batch) for v in VARIANTS}
-        ref, fast = row["reference"], row["gpu-fast"]
+        ref, fast = row["reference"], row.get("gpu-fast")
         torch_mib = TORCH_RESERVED_MIB.get(depth)
-        vs_torch = f"{fast['held'] / mib / torch_mib:>16.2f}x" if torch_mib else f"{'-':>17}"
-        print(f"ResNet-{depth:<5}{ref['saved'] / mib:>11.0f}{ref['held'] / mib:>10.0f}"
-              f"{fast['saved'] / mib:>12.0f}{fast['held'] / mib:>11.0f}"
-              f"{ref['held'] / fast['held']:>11.2f}x"
-              f"{torch_mib if torch_mib else '-':>16}{vs_torch}", flush=True)
+        line = f"ResNet-{depth:<5}{ref['saved'] / mib:>11.0f}{ref['held'] / mib:>10.0f}"
+        if fast is None:
+            line += f"{'-':>12}{'-':>11}{'-':>12}{torch_mib or '-':>16}{'-':>17}"
+        else:
+            vs_torch = f"{fast['held'] / mib / torch_mib:>16.2f}x" if torch_mib else f"{'-':>17}"
+            line += (f"{fast['saved'] / mib:>12.0f}{fast['held'] / mib:>11.0f}"
+                     f"{ref['held'] / fast['held']:>11.2f}x{torch_mib or '-':>16}{vs_torch}")
+        print(line, flush=True)
         rows.append(row)
     print("MiB; ratio = reference held / gpu-fast held. torch reserved: PyTorch's "
           "max_memory_reserved on an H200 (whole pool, not only the graph)")

@@ -21,10 +21,13 @@ the import costs) and, as "step MB", the peak minus the resident set just before
 pool (the pool keeps its high-water mark, like torch's max_memory_reserved) against torch's
 max_memory_reserved and max_memory_allocated.
 
-Allocation. minires leaves glibc's malloc as it is; its fast ops take their outputs from
-minires' own cache of blocks, which the next step reuses (minires/fast/memory.py). Run with
-MINIRES_KEEP_FREED_MEMORY=1 to time it with all freed memory kept in the process, which then
-applies to every framework timed beside it.
+Allocation. minires leaves glibc's malloc as it is: every op output is an ordinary NumPy array,
+freed (and its pages given back to the system) when the graph lets go of it. With
+`--keep-freed-memory` the run first sets malloc as the `minires` commands may for their own
+process (minires/_process.py); that applies to every framework timed in the run.
+
+Without minires/fast (a student build) minires runs its reference ops, and "minires-gpufast" is
+skipped with a note.
 
 GPU. On `--device cuda` minires runs twice: "minires", the ops `minires.functional` picks by
 default, and "minires-gpufast", the GPU fast ops (minires/fast/gpu.py, what MINIRES_GPU_FAST_OPS=1
@@ -309,6 +312,10 @@ def gpu_memory_ratios(row, frameworks):
 
 def available(name, device):
     """Whether a framework can run on `device` here (imports it, so call in the timing process)."""
+    if name == "minires-gpufast":
+        import importlib.util
+        sys.path.insert(0, REPO)
+        return importlib.util.find_spec("minires.fast") is not None
     try:
         if name == "torch":
             import torch
@@ -516,11 +523,17 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0,
                         help="BLAS and torch threads (default: each library's own choice)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="set glibc's malloc to keep freed memory (minires/_process.py)")
     parser.add_argument("--child", nargs=3, metavar=("FRAMEWORK", "DEPTH", "BATCH"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--memory-steps", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     _set_threads(args.threads)
+    if args.keep_freed_memory:
+        sys.path.insert(0, REPO)
+        from minires._process import keep_freed_memory
+        print(f"malloc keeps freed memory: {keep_freed_memory()}")
 
     if args.child:
         name, depth, batch = args.child
@@ -532,7 +545,9 @@ def main(argv=None):
     if args.frameworks is None:
         args.frameworks = ["minires"] + (["minires-gpufast"] if args.device == "cuda" else []) + [
             "torch", "dezero"]
-    frameworks = [n for n in args.frameworks if is_minires(n) or available(n, args.device)]
+    frameworks = [n for n in args.frameworks if n == "minires" or available(n, args.device)]
+    for name in sorted(set(args.frameworks) - set(frameworks)):
+        print(f"skipped {name}: not available here")
     if not any(is_minires(n) for n in frameworks):  # minires-gpufast alone: ResNet-1202's memory
         frameworks.insert(0, "minires")
     versions = {"numpy": np.__version__}

@@ -14,9 +14,16 @@ In-place changes. Each tensor counts the in-place changes made to its array thro
 (`._version`, as PyTorch's): `t.data -= v` and the other augmented assignments (the optimizers
 step this way), and `t.copy_(values)`. `Function.apply` records the version of every input, and
 backward raises an error naming the op if one has changed since, instead of differentiating with
-the changed values. Assigning a new array (`t.data = a`) leaves the saved one intact and counts
-nothing. Writes that bypass the tensor (`t.data[...] = v`, or through a NumPy view of it) cannot
-be seen: use `t.copy_(v)` to change a tensor in place.
+the changed values. As in PyTorch, the count belongs to the memory, not to one tensor: a tensor
+that shares its base's memory (`detach()`, and the outputs of reshape, transpose, slicing and the
+other ops that return a view) shares its base's counter, so `a.detach().data *= 0` or
+`a[1:4].data += 1` counts as a change of `a`. Assigning a new array (`t.data = a`) leaves the
+saved one intact and counts nothing. Writes that bypass the tensor (`t.data[...] = v`, or through
+a NumPy view of it) cannot be seen: use `t.copy_(v)` to change a tensor in place.
+
+Operators. `a + b`, `a @ b`, `a[i]`, `a.sum()` and the rest call the ops of `minires.functional`,
+which hands itself to the engine when it is imported (`use_operators`): the engine imports no op,
+so the imports point one way, from the ops down to here.
 """
 import contextlib
 import threading
@@ -35,7 +42,8 @@ class Tensor:
     def __init__(self, data, requires_grad=False):
         if not backend.is_array(data):
             data = _as_array(data)
-        self._data, self._version = data, 0
+        self._data = data
+        self._versions = [0]  # in-place changes of this memory; shared with views (see above)
         self.requires_grad = bool(requires_grad)
         self.grad = None
         self.creator = None
@@ -52,13 +60,18 @@ class Tensor:
     def data(self, array):
         """`t.data = a` replaces the array; `t.data -= v` (the same array back) counts a change."""
         if array is self._data:
-            self._version += 1
+            self._versions[0] += 1
         self._data = array
+
+    @property
+    def _version(self):
+        """How many in-place changes this tensor's memory has had (its views' included)."""
+        return self._versions[0]
 
     def copy_(self, values):
         """Write `values` into this tensor's array, in place (counted: see the module docstring)."""
         self._data[...] = _as_array(values, dtype=self.dtype, device=self.device)
-        self._version += 1
+        self._versions[0] += 1
         return self
 
     # --- array facts -----------------------------------------------------------------------------
@@ -102,14 +115,14 @@ class Tensor:
         return self.data.item()
 
     def detach(self):
-        """The same data, cut from the graph."""
-        return Tensor(self.data)
+        """The same data, cut from the graph (an in-place change of it counts as one of self)."""
+        detached = Tensor(self.data)
+        detached._versions = self._versions
+        return detached
 
     def to(self, device):
         """This tensor on `device` ('cpu' or 'cuda'); differentiable, like torch's .to."""
-        from .ops.shape import to
-
-        return to(self, device)
+        return _ops().to(self, device)
 
     def astype(self, dtype):
         return Tensor(self.data.astype(dtype), requires_grad=self.requires_grad)
@@ -147,7 +160,7 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {grad.shape}, tensor has {self.shape}")
         run_backward(self, grad, retain_graph)
 
-    # --- operators (defined in minires.ops; imported lazily to keep imports pointing down) --------
+    # --- operators (the ops of minires.functional: see "Operators" above) -------------------------
     def __add__(self, other):
         return _ops().add(self, other)
 
@@ -230,6 +243,7 @@ class Function:
 
     name = "op"
     differentiable_inputs = None  # indices of inputs that take gradients; None means all
+    may_return_view = False  # True: the output may share input 0's memory (reshape, slicing)
 
     def check(self, *arrays):
         """Validate input shapes/dtypes; raise ValueError/TypeError naming the op and the shapes."""
@@ -244,10 +258,14 @@ class Function:
                                       for i, t in enumerate(tensors))
         try:
             output = self.forward(*arrays)
-        except backend.OUT_OF_MEMORY as error:  # GPU memory: say which op, layer and shapes
+        except backend.OpOutOfMemoryError:
+            raise  # from an op inside this one, which it names already
+        except MemoryError as error:  # say which op, layer and shapes, and how many bytes
             raise backend.out_of_memory_error(error, self.name, "forward", current_scope(), {
                 f"input {i}": a for i, a in enumerate(arrays)}) from error
         result = Tensor(output)
+        if self.may_return_view and backend.may_share_memory(output, arrays[0]):
+            result._versions = tensors[0]._versions  # a view: one count for the memory
         if is_grad_enabled() and any(self.needs_input_grad):
             result.requires_grad = True
             result.creator = self
@@ -303,7 +321,9 @@ def run_backward(root, grad, retain_graph=False):
             grad_output = _finish_gradient(output, grad_output)
         try:
             grad_inputs = fn.backward(grad_output)
-        except backend.OUT_OF_MEMORY as error:  # GPU memory: say which op, layer and shapes
+        except backend.OpOutOfMemoryError:
+            raise
+        except MemoryError as error:  # say which op, layer and shapes, and how many bytes
             raise backend.out_of_memory_error(error, fn.name, "backward", fn.layer(), {
                 "gradient": grad_output, **{f"input {i}": x.data for i, x in enumerate(fn._inputs)}
             }) from error
@@ -420,10 +440,29 @@ def _as_array(value, dtype=None, device=None):
     return array
 
 
-def _ops():
-    from . import functional
+_operators = None  # minires.functional, once it has handed itself over (use_operators)
 
-    return functional
+
+def use_operators(module):
+    """Make Tensor's operators (+, @, [], .sum(), .to(), ...) call the ops of `module`.
+
+    minires.functional calls this when it is imported (and `import minires` imports it), so the
+    engine never imports the ops, which import the engine."""
+    global _operators
+    _operators = module
+
+
+def _ops():
+    if _operators is None:
+        raise RuntimeError("minires.autograd: no ops for Tensor's operators yet; import minires")
+    return _operators
+
+
+def increment_version(tensor):
+    """Count an in-place change of `tensor`'s memory made without `.data` (a fused optimizer
+    writing its flat buffer), so that a graph that saved the old values raises at backward."""
+    tensor._versions[0] += 1
+
 
 
 # --- checks made by Function.apply ----------------------------------------------------------------

@@ -36,7 +36,7 @@ def _out_of_memory_errors(cupy):
     return (cupy.cuda.memory.OutOfMemoryError,) if cupy is not None else ()
 
 
-OUT_OF_MEMORY = _out_of_memory_errors(_cupy)  # autograd catches these to name the op
+OUT_OF_MEMORY = _out_of_memory_errors(_cupy)  # GPU memory errors, told apart from NumPy's
 
 
 def register_cuda_module(cupy_like, cupyx_like):
@@ -165,23 +165,47 @@ def scatter_add(target, index, values):
         np.add.at(target, index, values)
 
 
-class DeviceOutOfMemoryError(MemoryError):
-    """GPU memory ran out inside an op; the message names the op, its layer and its shapes."""
+class OpOutOfMemoryError(MemoryError):
+    """Memory ran out inside an op; the message names the op, its layer, its shapes and the
+    bytes it asked for (autograd raises it in place of NumPy's or CuPy's MemoryError)."""
+
+
+class DeviceOutOfMemoryError(OpOutOfMemoryError):
+    """GPU memory ran out inside an op (CuPy's OutOfMemoryError)."""
+
+
+def _bytes_asked(error):
+    """The bytes that the failed allocation asked for, where `error` says: NumPy's MemoryError
+    carries the array's shape and dtype, CuPy's message says "allocating N bytes"."""
+    shape, dtype = getattr(error, "shape", None), getattr(error, "dtype", None)
+    if shape is not None and dtype is not None:
+        return int(np.prod(shape, dtype=np.float64)) * np.dtype(dtype).itemsize
+    wanted = re.search(r"allocating ([\d,]+) bytes", str(error))
+    return int(wanted.group(1).replace(",", "")) if wanted else None
 
 
 def out_of_memory_error(error, op, phase, layer, arrays):
-    """The error to raise instead of CuPy's OutOfMemoryError `error`, met in `phase` ('forward'
-    or 'backward') of `op`: which op, in which layer, on which shapes ({name: array}), wanted
-    how many bytes."""
-    wanted = re.search(r"allocating ([\d,]+) bytes", str(error))
-    size = int(wanted.group(1).replace(",", "")) if wanted else None
+    """The error to raise instead of the MemoryError `error` (NumPy's, or CuPy's OutOfMemoryError),
+    met in `phase` ('forward' or 'backward') of `op`: which op, in which layer, on which shapes
+    ({name: array}), asked for how many bytes."""
+    on_gpu = isinstance(error, OUT_OF_MEMORY)
+    size = _bytes_asked(error)
     where = f" in layer '{layer}'" if layer else ""
     amount = f"{size:,} bytes ({size / 2**20:.1f} MiB)" if size is not None else "memory"
     shapes = ", ".join(f"{name} {tuple(a.shape)} {a.dtype}" for name, a in arrays.items())
-    return DeviceOutOfMemoryError(
-        f"{op} {phase}{where}: out of GPU memory allocating {amount}, on {shapes}. Use a smaller "
-        f"batch, free arrays you keep (and graphs kept with retain_graph=True), or a larger GPU. "
-        f"CuPy said: {error}")
+    kind, library = ("GPU memory", "CuPy") if on_gpu else ("memory", "NumPy")
+    return (DeviceOutOfMemoryError if on_gpu else OpOutOfMemoryError)(
+        f"{op} {phase}{where}: out of {kind} allocating {amount}, on {shapes}. Use a smaller "
+        f"batch, free arrays you keep (and graphs kept with retain_graph=True), or a larger "
+        f"{'GPU' if on_gpu else 'machine'}. {library} said: {error}")
+
+
+def may_share_memory(a, b):
+    """Whether arrays a and b may overlap in memory (a view and its base do): their address
+    ranges meet. False for arrays on different devices."""
+    if device_of(a) != device_of(b):
+        return False
+    return bool(xp(a).may_share_memory(a, b))
 
 
 def seed(value):

@@ -342,3 +342,60 @@ def test_replacing_data_or_changing_after_backward_is_fine():
     np.testing.assert_array_equal(x.grad.numpy(), [2.0, 4.0])
     x.data -= 1                         # after backward: nothing saved is read again
     assert x._version == 1
+
+
+@pytest.mark.parametrize("bypass", [
+    pytest.param(lambda a: _augment(a.detach(), "mul", 0), id="a.detach().data *= 0"),
+    pytest.param(lambda a: _augment(a.reshape(6), "mul", 0), id="a.reshape(6).data *= 0"),
+    pytest.param(lambda a: _augment(a[1:4], "add", 100), id="a[1:4].data += 100"),
+    pytest.param(lambda a: _augment(a.T, "mul", 0), id="a.T.data *= 0"),
+    pytest.param(lambda a: a.flatten(0)[2:].reshape(2, 2).detach().copy_(np.zeros((2, 2))),
+                 id="a view of a view of a, copy_"),
+])
+def test_a_change_through_a_view_is_a_change_of_its_base(device, bypass):
+    """PyTorch catches all of these: views share their base's version counter."""
+    a = make(np.arange(6.0).reshape(3, 2), device, requires_grad=True)
+    b = make(np.full((3, 2), 2.0), device, requires_grad=True)
+    y = (a * b).sum()
+    bypass(a)
+    with pytest.raises(RuntimeError, match=r"input 0 of mul .* modified in place"):
+        y.backward()
+
+
+def _augment(view, op, value):
+    """view.data *= value (op "mul") or view.data += value ("add"), as a statement would."""
+    if op == "mul":
+        view.data *= value
+    else:
+        view.data += value
+
+
+def test_a_copy_does_not_share_the_count(device):
+    """Ops that copy (advanced indexing, arithmetic) give their output a count of its own."""
+    a = make(np.arange(6.0).reshape(3, 2), device, requires_grad=True)
+    b = make(np.full((3, 2), 2.0), device)
+    y = (a * b).sum()
+    picked = a[np.array([0, 2])]                # advanced indexing copies
+    picked.data *= 0
+    (a + 0).data *= 0
+    y.backward()
+    np.testing.assert_array_equal(backend.to_numpy(a.grad.data), np.full((3, 2), 2.0))
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["per-parameter", "fused"])
+def test_every_optimizer_step_counts_a_change_of_each_parameter(fused):
+    """The fused SGD writes one flat buffer: it counts a change of every parameter, as the
+    per-parameter update does, so a step between forward and backward is caught either way."""
+    from minires.nn import Linear
+    from minires.optim import SGD
+    layer = Linear(3, 2)
+    opt = SGD(layer.parameters(), lr=0.1, momentum=0.9, fused=fused)
+    for p in layer.parameters():
+        p.grad = minires.tensor(np.ones(p.shape, np.float32))
+    opt.step()                                  # the fused optimizer builds its buffer here
+    before = [p._version for p in layer.parameters()]
+    loss = layer(minires.tensor(np.ones((4, 3), np.float32))).sum()
+    opt.step()
+    assert [p._version for p in layer.parameters()] == [v + 1 for v in before]
+    with pytest.raises(RuntimeError, match=r"of linear .* modified in place"):
+        loss.backward()

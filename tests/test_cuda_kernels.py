@@ -7,7 +7,7 @@
   files as ASCII: test_grading_gradescope failed after these tests in one process);
 - every kernel runs (as its NumPy twin) in a fast-path training step and an evaluation on the
   stand-in, so each twin is exercised by the op tests that pin the ops to the references
-  (tests/test_fast_gpu.py: forward and gradients, float64 to 1e-12, float32 to 1e-5).
+  (tests/fast/test_fast_gpu.py: forward and gradients, float64 to 1e-12, float32 to 1e-5).
 """
 import ctypes
 import glob

@@ -21,7 +21,8 @@ COMPUTED_NAME_CALLS = {"getattr", "setattr", "delattr", "hasattr"}
 FORBIDDEN_ATTRIBUTES = {"_getframe", "currentframe", "getouterframes", "f_back",
                         "f_locals", "f_globals", "f_code", "f_builtins", "gi_frame", "cr_frame",
                         "ag_frame", "tb_frame", "tb_next", "get_objects", "get_referrers",
-                        "get_referents", "modules", "functional", "assignments", "fast", "_ops"}
+                        "get_referents", "modules", "functional", "assignments", "fast", "_ops",
+                        "_operators"}
 ALLOWED_DUNDERS = {"__init__", "__name__", "__len__", "__call__", "__repr__"}
 
 

@@ -25,29 +25,16 @@ product is one large matrix product with no transposing copy:
 W2 is w as (OC, kh, kw, C) flattened to (OC, K); gy2 is gy as (rows, OC), a free view when gy is
 channels-last. The transposes `gy2^T`, `W2^T` are BLAS flags, not copies.
 
-Chunks. The batch goes through a few images at a time, and each chunk's cols are made and then
-multiplied (`each_chunk`). Where the products run depends on BLAS's thread count (which a
-library call reads but never sets: fast/threads.py) and on their shapes (fast/gemm.py).
+Chunks. The batch goes through a few images at a time (about WORKSPACE_BYTES of cols each), and
+the chunks go to the threads of minires' pool (fast/threads.py): each thread copies a chunk's
+cols into a work buffer it keeps from call to call (fast/memory.py) and multiplies them at once,
+while they are still in its cache, with products that stay in that thread (fast/gemm.py). The
+whole (N*OH*OW, K) matrix never exists.
 
-If BLAS runs one thread, or the products are narrow enough to run as pieces that BLAS keeps in
-one thread (every conv of the CIFAR nets, up to 64 channels), the chunks are about
-WORKSPACE_BYTES_PER_THREAD each and go to the pool's threads whole: each thread copies a chunk's
-cols and multiplies them right away, while they are still in its cache, with products that stay
-in that thread (`gemm.in_this_thread`). With OPENBLAS_NUM_THREADS=1 a ResNet-20 step was about
-1.3x faster on 2 cores than with BLAS threaded, and with BLAS threaded the pieces made it 6-10%
-faster (ResNet-56: 10-18%; fast/gemm.py).
-
-Otherwise (BLAS threaded, wider products: 128 channels and up) the chunks are about
-WORKSPACE_BYTES each: all the pool's threads copy a chunk's cols at once, each image's window
-copy on one thread, and the calling thread multiplies them, BLAS spreading each product over
-the cores.
-
-Either way the cols go into a work buffer that its thread keeps from call to call
-(fast/memory.py), and the whole (N*OH*OW, K) matrix never exists. cols is not kept for the
-backward: keeping kh*kw times every layer's input would add about 0.9 GB to a ResNet-20 step at
-batch 128 (PyTorch also keeps only x). At stride 1 the backward needs no cols of x at all (gcols
-above); at other strides, and where x needs no gradient (the first layer), it copies them again
-from x.
+cols is not kept for the backward: keeping kh*kw times every layer's input would multiply the
+memory a step needs (PyTorch also keeps only x). At stride 1 the backward needs no cols of x at
+all (gcols above); at other strides, and where x needs no gradient (the first layer), it copies
+them again from x.
 
 This is a NumPy (CPU) path: `minires.functional` sends other arrays (CuPy) to the reference.
 float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as float16.
@@ -55,11 +42,10 @@ float16 is computed in float32 (`minires.fast.compute_dtype`) and returned as fl
 import numpy as np
 
 from . import compute_dtype, gemm, memory
-from .threads import blas_runs_one_thread, num_threads, run_chunks, split
+from .threads import run_chunks, split
 from ..ops.conv import Conv2d
 
-WORKSPACE_BYTES = 8 * 2**20  # cols of one chunk of images, copied by all threads (see "Chunks")
-WORKSPACE_BYTES_PER_THREAD = 2 * 2**20  # ... a chunk that one thread copies and multiplies
+WORKSPACE_BYTES = 2 * 2**20  # the cols of one chunk of images, about (see "Chunks")
 
 
 def channels_last(x):
@@ -103,46 +89,34 @@ def windows(xpad, kernel, stride):
         xpad, (n, oh, ow, kh, kw, c), (sn, sy * sh, sx * sw, sh, sw, sc), writeable=False)
 
 
-def im2col_channels_last(x_nhwc, kernel, stride, padding, cols, spread=True):
+def im2col_channels_last(x_nhwc, kernel, stride, padding, cols):
     """cols (N, OH, OW, kh, kw, C) <- the windows of x (N, H, W, C) padded: the reference
-    `im2col` with the axes in channels-last order. With `spread`, the images are spread over the
-    pool's threads, each padding and copying its own (NumPy copies release the GIL)."""
-    def copy(part):
-        np.copyto(cols[part], windows(pad_channels_last(x_nhwc[part], padding), kernel, stride))
-    run_chunks(copy, split(x_nhwc.shape[0], num_threads() if spread else 1))
+    `im2col` with the axes in channels-last order, in one strided copy."""
+    np.copyto(cols, windows(pad_channels_last(x_nhwc, padding), kernel, stride))
     return cols
 
 
-def batch_chunks(n, bytes_per_image, budget=None):
-    """Equal slices of the batch axis, each with at most about `budget` (WORKSPACE_BYTES) bytes
-    of columns (at least one image)."""
-    per = max(1, (budget or WORKSPACE_BYTES) // max(1, bytes_per_image))
+def batch_chunks(n, bytes_per_image):
+    """Equal slices of the batch axis, each with at most about WORKSPACE_BYTES of cols (at least
+    one image)."""
+    per = max(1, WORKSPACE_BYTES // max(1, bytes_per_image))
     return split(n, -(-n // per))
 
 
-def each_chunk(n, bytes_per_image, make_cols, multiply, product_sizes):
-    """[multiply(part, make_cols(part, spread), products) for each chunk `part` of the batch] (see
-    "Chunks" above). Whole chunks go to the pool's threads, with `gemm.in_this_thread` products,
-    when BLAS runs one thread or when every product (its other two sizes in `product_sizes`) runs
-    well in pieces that BLAS keeps in one thread; otherwise each chunk's copy is spread over the
-    pool and its products, `gemm.threaded`, run in the calling thread."""
-    if blas_runs_one_thread() or gemm.fits_in_pieces(*product_sizes):
-        return run_chunks(lambda part: multiply(part, make_cols(part, False), gemm.in_this_thread),
-                          batch_chunks(n, bytes_per_image, WORKSPACE_BYTES_PER_THREAD))
-    return [multiply(part, make_cols(part, True), gemm.threaded)
-            for part in batch_chunks(n, bytes_per_image)]
-
-
-def cols_buffer(images, out_size, kernel, channels, dtype):
-    """The caller's work buffer for the cols of `images` images: (m, OH, OW, kh, kw, C)."""
-    return memory.workspace("cols", (images, *out_size, *kernel, channels), dtype)
+def each_chunk(n, bytes_per_image, make_cols, multiply):
+    """[multiply(part, make_cols(part)) for each chunk `part` of the batch], the chunks spread
+    over the pool's threads (see "Chunks" above)."""
+    return run_chunks(lambda part: multiply(part, make_cols(part)),
+                      batch_chunks(n, bytes_per_image))
 
 
 def chunk_cols(x_nhwc, kernel, stride, padding, out_size):
-    """`make_cols` for each_chunk: the cols of x's images `part`, in the calling thread's buffer."""
-    def make_cols(part, spread):
-        cols = cols_buffer(part.stop - part.start, out_size, kernel, x_nhwc.shape[-1], x_nhwc.dtype)
-        return im2col_channels_last(x_nhwc[part], kernel, stride, padding, cols, spread)
+    """`make_cols` for each_chunk: the cols of x's images `part`, in the calling thread's work
+    buffer "cols" (m, OH, OW, kh, kw, C)."""
+    def make_cols(part):
+        shape = (part.stop - part.start, *out_size, *kernel, x_nhwc.shape[-1])
+        cols = memory.workspace("cols", shape, x_nhwc.dtype)
+        return im2col_channels_last(x_nhwc[part], kernel, stride, padding, cols)
     return make_cols
 
 
@@ -150,7 +124,6 @@ class FastConv2d(Conv2d):
     """conv2d as minires runs it: the reference Conv2d's checks and math, channels-last GEMMs."""
 
     def forward(self, x, w, b=None):
-        memory.keep_freed_memory_if_asked()
         self.out_dtype, work = x.dtype, compute_dtype(x.dtype)
         x, w = x.astype(work, copy=False), w.astype(work, copy=False)
         b = None if b is None else b.astype(work, copy=False)
@@ -160,13 +133,13 @@ class FastConv2d(Conv2d):
         oh, ow = (h + 2 * py - kh) // sy + 1, (width + 2 * px - kw) // sx + 1
         xt = channels_last(x)                                      # (N, H, W, C) view
         w2t = w.transpose(0, 2, 3, 1).reshape(w.shape[0], -1).T    # (K, OC), K = kh*kw*C
-        y2 = memory.lend((n, oh * ow, w.shape[0]), x.dtype)        # (N, OH*OW, OC)
+        y2 = np.empty((n, oh * ow, w.shape[0]), x.dtype)        # (N, OH*OW, OC)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
-        def multiply(part, cols, products):
+        def multiply(part, cols):
             rows = cols.reshape(-1, w2t.shape[0])                  # (m*OH*OW, K)
-            products.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
-        each_chunk(n, oh * ow * w2t.shape[0] * x.itemsize, make_cols, multiply, [w2t.shape])
+            gemm.matmul(rows, w2t, out=y2[part].reshape(rows.shape[0], -1))
+        each_chunk(n, oh * ow * w2t.shape[0] * x.itemsize, make_cols, multiply)
         if b is not None:
             y2 += b
         y = as_nchw(y2.reshape(n, oh, ow, -1))                     # (N, OC, OH, OW) view
@@ -204,15 +177,14 @@ class FastConv2d(Conv2d):
         x2 = channels_last(x).reshape(n, h * width, c)   # a view when x is channels-last
         gyt = channels_last(gy)
         w_flip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(-1, c)  # (kh*kw*OC, C)
-        gx = memory.lend((n, h * width, c), gy.dtype)                        # (N, H*W, C)
+        gx = np.empty((n, h * width, c), gy.dtype)                        # (N, H*W, C)
         make_gcols = chunk_cols(gyt, self.kernel, (1, 1), (kh - 1 - py, kw - 1 - px), (h, width))
 
-        def multiply(part, gcols, products):
+        def multiply(part, gcols):
             gcols = gcols.reshape(-1, w_flip.shape[0])                       # (rows, kh*kw*OC)
-            products.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
-            return products.matmul_tn(x2[part].reshape(-1, c), gcols, out_channels)  # (C, kh*kw*OC)
-        g = sum(each_chunk(n, h * width * w_flip.shape[0] * x.itemsize, make_gcols, multiply,
-                           [w_flip.shape, (c, out_channels)]))
+            gemm.matmul(gcols, w_flip, out=gx[part].reshape(-1, c))
+            return gemm.matmul_tn(x2[part].reshape(-1, c), gcols, out_channels)  # (C, kh*kw*OC)
+        g = sum(each_chunk(n, h * width * w_flip.shape[0] * x.itemsize, make_gcols, multiply))
         gw = g.reshape(c, kh, kw, out_channels)[:, ::-1, ::-1].transpose(3, 0, 1, 2)
         return as_nchw(gx.reshape(n, h, width, c)), np.ascontiguousarray(gw)
 
@@ -228,23 +200,21 @@ class FastConv2d(Conv2d):
         want_gx = self.needs_input_grad[0]
         if want_gx:
             w_offsets = np.ascontiguousarray(w.transpose(2, 3, 0, 1))            # (kh, kw, OC, C)
-            gx = memory.lend((n, h + 2 * py, width + 2 * px, c), gy.dtype)     # (N, Hp, Wp, C)
-            gx.fill(0)
+            gx = np.zeros((n, h + 2 * py, width + 2 * px, c), gy.dtype)     # (N, Hp, Wp, C)
         make_cols = chunk_cols(xt, self.kernel, self.stride, self.padding, (oh, ow))
 
-        def multiply(part, cols, products):  # this chunk's share of dW2 and its images of dx
+        def multiply(part, cols):  # this chunk's share of dW2 and its images of dx
             g = gy2[part].reshape(-1, out_channels)                              # (rows, OC)
             if want_gx:
                 target = gx[part]                                                # (m, Hp, Wp, C)
                 shifted = memory.workspace("shifted", (g.shape[0], c), gy.dtype)
                 for i in range(kh):
                     for j in range(kw):
-                        products.matmul(g, w_offsets[i, j], out=shifted)
+                        gemm.matmul(g, w_offsets[i, j], out=shifted)
                         target[:, i:i + sy * oh:sy, j:j + sx * ow:sx] += shifted.reshape(
                             target.shape[0], oh, ow, c)
-            return products.matmul_tn(g, cols.reshape(g.shape[0], k), c)        # (OC, K)
-        gw2 = sum(each_chunk(n, oh * ow * k * x.itemsize, make_cols, multiply,
-                             [(out_channels, c)]))
+            return gemm.matmul_tn(g, cols.reshape(g.shape[0], k), c)            # (OC, K)
+        gw2 = sum(each_chunk(n, oh * ow * k * x.itemsize, make_cols, multiply))
         gw = np.ascontiguousarray(gw2.reshape(out_channels, kh, kw, c).transpose(0, 3, 1, 2))
         if not want_gx:
             return None, gw

@@ -1,27 +1,22 @@
-"""Every CPU core for the copies and elementwise work of the fast ops: a small, fork-safe pool.
+"""A small fork-safe thread pool for the fast ops' chunks, and BLAS's thread count, read.
 
-NumPy does one thing at a time in one thread, except BLAS (the matrix products), which starts
-threads of its own. The fast convolution and batch norm (fast/conv.py, fast/norm.py) cut their
-copies and elementwise passes into chunks that the calling thread and a pool of helper threads
-take in turn: NumPy releases the GIL inside copies and ufunc loops, so the chunks run on all
-cores at once.
+The pool. NumPy does one thing at a time in one thread, but releases the GIL inside copies,
+ufunc loops and matrix products. `run_chunks(fn, chunks)` hands the chunks to the calling thread
+and MINIRES_NUM_THREADS - 1 helper threads (default: the cores the process may use), each taking
+the next chunk when it is done with one, so the chunks run on all cores at once. The caller works
+too and never waits for a helper to wake up: on a busy machine a helper that starts late finds
+nothing left, and the call costs what one thread would.
 
-BLAS is left alone: a library call never changes its thread count (that setting is the whole
-process's, so limiting it would slow every other thread of the user's program). minires only
-reads what the process asked BLAS for (`blas_runs_one_thread`). By default the large matrix
-products run in the calling thread and BLAS spreads each over the cores itself; when the process
-started with BLAS on one thread (OPENBLAS_NUM_THREADS=1), each of the pool's threads multiplies
-chunks of its own (fast/conv.py), as it does in any case for products narrow enough (every conv
-of the CIFAR nets) to be cut into pieces that BLAS keeps in one thread (fast/gemm.py). Only the
-training commands, which own their process, set BLAS to one thread, and put it back
-(`one_blas_thread_for_this_process`).
+BLAS. A library call never changes BLAS's thread count: that setting belongs to the whole
+process, and limiting it would slow every other thread of the user's program. minires reads what
+the process asked for (`blas_runs_one_thread`): then each product is one BLAS call, else it is
+cut into pieces that BLAS keeps in the calling thread (fast/gemm.py). Only the training
+commands, which own their process, set BLAS to one thread (`one_blas_thread_for_this_process`,
+measured in benchmarks/fast_pieces.py).
 
-Fork: a child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
-none of its threads. `os.register_at_fork` forgets the pool in the child, so the child's first
-fast op starts a pool of its own instead of waiting forever on threads that do not exist.
-
-MINIRES_NUM_THREADS threads work on the chunks (default: the cores the process may use): the
-caller and that many minus one helpers; 1 runs every chunk in the calling thread, in order.
+Fork. A child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
+none of its threads; `os.register_at_fork` forgets the pool in the child, whose first fast op
+starts a pool of its own instead of waiting forever on threads that do not exist.
 """
 import contextlib
 import contextvars
@@ -30,6 +25,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+
 def _usable_cores():
     """The cores this process may run on (taskset, a container's cpuset), else all of them."""
     if hasattr(os, "sched_getaffinity"):
@@ -37,7 +33,7 @@ def _usable_cores():
     return os.cpu_count() or 1
 
 
-CORES = _usable_cores()  # asked once: each call reads the system's CPU list (6 us here)
+CORES = _usable_cores()  # asked once: each call reads the system's CPU list
 
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
@@ -56,18 +52,15 @@ def _blas_thread_setting(environ):
     return None
 
 
-BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read when minires is imported
+BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read at the first fast op
 
 
 def blas_runs_one_thread():
-    """True when BLAS runs one thread: the environment said so when minires was imported (e.g.
+    """True when BLAS runs one thread: the environment said so at the first fast op (e.g.
     OPENBLAS_NUM_THREADS=1), or a training command set it (one_blas_thread_for_this_process).
 
-    BLAS then multiplies in whichever thread calls it, so the pool's threads can each run their
-    own products at once; otherwise BLAS threads every large product itself, and products from
-    several threads at once fight over the same cores (measured: a ResNet-20 step 1.7x slower),
-    so they stay in the calling thread. A limit set at run time by other code is not seen: then
-    only the speed suffers. The two ways agree to rounding (the products add in another order)."""
+    A limit set at run time by other code is not seen: then only the speed suffers (products
+    in pieces where one call would do). The two ways agree to rounding, not bit for bit."""
     return BLAS_ONE_THREAD
 
 
@@ -129,11 +122,9 @@ def _pool_of(size):
 
 def run_chunks(fn, chunks):
     """[fn(chunk) for chunk in chunks], the calls spread over the calling thread and the pool's
-    helpers. Each thread takes the next chunk when it is done with one. The caller works too, and
-    waits only for chunks a helper has taken, never for a helper to wake up: on a busy machine a
-    helper that starts late finds nothing left, and the call costs what one thread would.
-    Helpers run in a copy of the caller's context, so NumPy's floating-point error settings
-    (np.errstate, np.seterr: context variables) apply to every chunk as to the caller's own."""
+    helpers (see the module docstring). Helpers run in a copy of the caller's context, so NumPy's
+    floating-point error settings (np.errstate, np.seterr: context variables) apply to every
+    chunk as to the caller's own."""
     size = min(num_threads(), len(chunks))
     if size <= 1:
         return [fn(chunk) for chunk in chunks]

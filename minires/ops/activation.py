@@ -1,11 +1,7 @@
 """Elementwise nonlinearities: relu sigmoid tanh.
 
-What runs where. This file is the readable reference, and it is what runs on the GPU (CuPy),
-with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
-`minires/fast` folder is absent. For NumPy arrays `minires.functional.relu` runs
-`minires.fast.elementwise.FastReLU` instead: a subclass of `ReLU` below (same checks) that does the
-same arithmetic over the pool's threads into lent memory. tests/test_fast_elementwise.py pins the
-two equal, bit for bit. sigmoid and tanh run here everywhere.
+What runs where: everywhere, on NumPy and CuPy arrays alike (relu is a small part of a training
+step, and the speed layer in minires/fast leaves it to this file).
 """
 from .. import backend
 from ..autograd import Function

@@ -16,8 +16,8 @@ What runs where. This file is the readable reference, and it is what runs on the
 with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
 `minires/fast` folder is absent. For NumPy arrays `minires.functional.conv2d` runs
 `minires.fast.conv.FastConv2d` instead: a subclass of `Conv2d` below (same checks and errors)
-that computes the same function on channels-last GEMMs. tests/test_fast_ops.py pins the two equal
-(forward and every gradient, to 1e-12 in float64); the pools here always run from this file.
+that computes the same function on channels-last GEMMs. tests/fast/test_fast_ops.py pins the two
+equal (forward and every gradient, to 1e-12 in float64); the pools here always run from this file.
 """
 from .. import backend
 from ..autograd import Function

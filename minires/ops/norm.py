@@ -10,8 +10,8 @@ What runs where. This file is the readable reference, and it is what runs on the
 with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
 `minires/fast` folder is absent. For NumPy arrays `minires.functional.batch_norm` runs
 `minires.fast.norm.FastBatchNorm` instead: a subclass of `BatchNorm` below (same checks, errors
-and running statistics) with fewer passes over memory. tests/test_fast_ops.py pins the two equal
-(output, gradients and running statistics, to 1e-11 in float64).
+and running statistics) with fewer passes over memory. tests/fast/test_fast_ops.py pins the two
+equal (output, gradients and running statistics, to 1e-11 in float64).
 """
 from .. import backend
 from ..autograd import Function, Tensor

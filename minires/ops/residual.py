@@ -4,12 +4,8 @@ residual_add(shortcut, branch) = shortcut + branch. Its backward hands the *same
 to both inputs: through an identity shortcut, dL/dx = dL/dy (1 + dF/dx), and the "1" is this op
 passing gy unchanged. It is a named op (not `+`), so minires.inspect can find every block's join.
 
-What runs where. This file is the readable reference, and it is what runs on the GPU (CuPy),
-with fast ops switched off (MINIRES_FAST_OPS=0 or `minires.use_reference_ops()`), and where the
-`minires/fast` folder is absent. For NumPy arrays `minires.functional.residual_add` runs
-`minires.fast.elementwise.FastResidualAdd` instead: a subclass of `ResidualAdd` below (same checks,
-same backward) that adds the same numbers over the pool's threads into lent memory.
-tests/test_fast_elementwise.py pins the two equal, bit for bit.
+What runs where: everywhere, on NumPy and CuPy arrays alike (the speed layer in minires/fast
+leaves it to this file).
 """
 from .. import backend
 from ..autograd import Function

@@ -1,5 +1,9 @@
 """Ops that move elements without arithmetic: reshape transpose getitem pad concat flatten, and
-the move between devices. Each backward puts the gradient back where the element came from."""
+the move between devices. Each backward puts the gradient back where the element came from.
+
+Reshape, transpose, getitem (with slices), identity and a move to the device x is on return views
+of x where NumPy can: `may_return_view` tells autograd, which then gives the output x's count of
+in-place changes (autograd.py, "In-place changes")."""
 import itertools
 import math
 
@@ -12,6 +16,7 @@ from ..autograd import Function, Tensor
 class Reshape(Function):
     """y = x viewed with a new shape;  dx = gy reshaped back"""
     name = "reshape"
+    may_return_view = True
 
     def __init__(self, shape):
         self.shape = tuple(shape) if not isinstance(shape, int) else (shape,)
@@ -34,6 +39,7 @@ class Reshape(Function):
 class Transpose(Function):
     """y = x with axes permuted;  dx = gy with the inverse permutation"""
     name = "transpose"
+    may_return_view = True
 
     def __init__(self, axes=None):
         self.axes = None if axes is None else tuple(axes)
@@ -58,6 +64,7 @@ class Transpose(Function):
 class GetItem(Function):
     """y = x[index];  dx = zeros with gy added at index (repeated indices accumulate)"""
     name = "getitem"
+    may_return_view = True
 
     def __init__(self, index):
         self.index = index.data if isinstance(index, Tensor) else index
@@ -140,6 +147,7 @@ class Concat(Function):
 class Identity(Function):
     """y = x;  dx = gy. A graph node that changes nothing, where a hook needs its own tensor."""
     name = "identity"
+    may_return_view = True
 
     def forward(self, x):
         return x
@@ -151,6 +159,7 @@ class Identity(Function):
 class ToDevice(Function):
     """y = x copied to another device;  dx = gy copied back"""
     name = "to"
+    may_return_view = True
 
     def __init__(self, device):
         self.device = backend.check_device(device)

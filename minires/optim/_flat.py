@@ -25,10 +25,10 @@ flat state is rebuilt from the per-parameter one once they agree again. A parame
 was replaced (`model.load_state_dict`, `.to()`) is noticed at the next step, and the buffer is
 built again around the new arrays.
 """
-import types
 import weakref
 
 from .. import backend
+from ..autograd import increment_version
 
 # id(a parameter's .data view) -> its GradSlot; the buckets hold the slots, so a bucket that is
 # rebuilt or dropped with its optimizer takes its entries with it
@@ -78,7 +78,27 @@ class FlatBucket:
 
     def as_parameter(self):
         """The flat buffer as the `p` an optimizer's `_update(p, grad, group, state)` takes."""
-        return types.SimpleNamespace(data=self.data)
+        return FlatParameter(self)
+
+
+class FlatParameter:
+    """A bucket's flat buffer as one parameter. `_update` writes it in place (`p.data -= ...`),
+    which counts an in-place change of every parameter in the bucket, as the update of each
+    would: a graph that saved a parameter before the step then raises at its backward."""
+
+    def __init__(self, bucket):
+        self.bucket = bucket
+
+    @property
+    def data(self):
+        return self.bucket.data
+
+    @data.setter
+    def data(self, array):
+        if array is not self.bucket.data:
+            raise ValueError("a fused update must change the flat buffer in place")
+        for p in self.bucket.params:
+            increment_version(p)
 
 
 class GradSlot:

@@ -104,17 +104,16 @@ def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
         fast_threads.run_chunks(fail_on_7, list(range(20)))
 
 
-@pytest.mark.parametrize("blas_one_thread, pieces", [(False, False), (False, True),
+@pytest.mark.parametrize("blas_one_thread, pieces", [(False, True), (False, False),
                                                      (True, False)],
-                         ids=["blas-threaded", "pieces-in-the-pool", "blas-one-thread"])
+                         ids=["pieces", "one-call", "blas-one-thread"])
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
 def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_one_thread,
                                                 pieces):
-    """A workspace of one image per chunk: seven chunks of a batch of 7, summed in any order,
-    with the products in the calling thread (BLAS threaded), or in the pool's threads: as pieces
-    of 2 rows (gemm.in_this_thread), or whole (BLAS on one thread)."""
+    """A workspace of one image per chunk: seven chunks of a batch of 7 on 1-3 threads, summed in
+    any order, with the products as pieces of 2 rows, or as one call (a wide product, or BLAS on
+    one thread)."""
     monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 1)
-    monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES_PER_THREAD", 1)
     monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
     monkeypatch.setattr(fast_gemm, "MIN_PIECE_ROWS", 0 if pieces else 10**9)
     monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 2 * 27 * 4)  # pieces of 2 rows (or 1)
@@ -130,28 +129,28 @@ def test_products_in_this_thread_equal_numpys(rng, monkeypatch, blas_one_thread)
     """Pieces with a remainder, b's columns a group at a time: the same products as NumPy's."""
     monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
     monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 7 * 6 * 5)  # pieces of 7 rows
+    monkeypatch.setattr(fast_gemm, "MIN_PIECE_ROWS", 1)
     a, b, c = (rng.standard_normal(s) for s in ((45, 6), (6, 5), (45, 10)))
     out = np.full((45, 5), np.nan)
-    products = fast_gemm.in_this_thread
-    np.testing.assert_allclose(products.matmul(a, b, out), a @ b, rtol=1e-13)
+    np.testing.assert_allclose(fast_gemm.matmul(a, b, out), a @ b, rtol=1e-13)
     assert out is not None and np.isfinite(out).all()
     for columns in (None, 5, 2):
-        np.testing.assert_allclose(products.matmul_tn(a, c, columns), a.T @ c, rtol=1e-12)
+        np.testing.assert_allclose(fast_gemm.matmul_tn(a, c, columns), a.T @ c, rtol=1e-12)
     with pytest.raises(ValueError, match=r"out \(45, 5\) must be C-contiguous"):
-        products.matmul(a, b, np.empty((5, 45)).T)  # pieces are views of out
+        fast_gemm.matmul(a, b, np.empty((5, 45)).T)  # pieces are views of out
 
 
 def test_pieces_stay_under_openblas_single_thread_line():
-    """Each piece has M*N*K <= SINGLE_THREAD_MNK, and one more row would cross it; only products
-    with pieces of MIN_PIECE_ROWS rows or more count as fitting (every CIFAR conv, up to 64
-    channels: pieces of 14 rows; not the 128-channel convs of the ImageNet nets: 3 rows)."""
+    """Each piece has M*N*K <= SINGLE_THREAD_MNK, and one more row would cross it; products whose
+    pieces would have fewer than MIN_PIECE_ROWS rows are one call (0): every CIFAR conv, up to
+    64 channels, goes in pieces (of 14 rows or more), the 128-channel convs of the ImageNet nets
+    (3 rows) do not."""
     for m, n in [(144, 16), (16, 16), (288, 32), (27, 16), (576, 64)]:
         per = fast_gemm.rows_per_piece(m, n)
         assert per * m * n <= fast_gemm.SINGLE_THREAD_MNK < (per + 1) * m * n
     assert fast_gemm.SINGLE_THREAD_MNK == 524287
-    assert fast_gemm.fits_in_pieces((144, 16), (16, 16))
-    assert fast_gemm.fits_in_pieces((144, 16), (288, 32), (576, 64), (64, 64))
-    assert not fast_gemm.fits_in_pieces((576, 64), (1152, 128))
+    assert fast_gemm.rows_per_piece(576, 64) == 14
+    assert fast_gemm.rows_per_piece(1152, 128) == 0
 
 
 def test_batch_chunks_are_equal_and_within_the_workspace(monkeypatch):
@@ -248,26 +247,51 @@ def test_fast_batch_norm_matches_the_reference(rng, layout, training, x_shape):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
-def test_wide_rows_stay_within_2_kb_and_divide_the_rows():
-    """r * C * itemsize <= 2 KB (see WideRows: 4 KB rows alias), and r divides M."""
-    for m, c, itemsize, r in [(131072, 16, 4, 32), (32768, 32, 4, 16), (8192, 64, 4, 8),
-                              (8192, 64, 8, 4), (96, 16, 4, 32), (7, 16, 4, 1), (8, 3, 4, 8),
-                              (10, 4096, 4, 1)]:
-        wide = fast_norm.WideRows(m, c, itemsize)
-        assert wide.r == r and wide.shape == (m // r, r * c), (m, c, itemsize)
-
-
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training):
-    """Blocks of 3 wide rows (the last one of each thread shorter) on 2 threads: the same numbers."""
-    wide = fast_norm.WideRows(64 * 8 * 8, 16, 8)                # rows of 16 * 16 float64 (2 KB)
-    assert wide.shape == (256, 256)
-    monkeypatch.setattr(fast_norm, "BLOCK_BYTES", 3 * 2048)       # 3 wide rows
-    monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
-    assert [len(wide.blocks(part, 8)) for part in wide.parts()] == [43, 43]  # 128 rows each
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_fast_batch_norm_backward_in_small_blocks(rng, monkeypatch, training, threads):
+    """Blocks of 3 rows of 16 float64 channels; 64*8*8 = 4096 rows give each thread's part a
+    last block shorter than the others (4096 = 3*1365 + 1 on one thread: a last block of ONE
+    row; 2048 = 3*682 + 2 on each of two)."""
+    monkeypatch.setattr(fast_norm, "BLOCK_BYTES", 3 * 16 * 8)       # 3 rows
+    monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
+    parts = fast_norm.parts(np.empty((4096, 16)))
+    per_thread = [fast_norm.blocks(part, 16 * 8) for part in parts]
+    assert [b[-1].stop - b[-1].start for b in per_thread] == ([1] if threads == "1" else [2, 2])
+    assert all(a.stop == b.start for bs in per_thread for a, b in zip(bs, bs[1:]))
     fast, reference = batch_norm_both(rng.standard_normal((64, 16, 8, 8)), training, channels_last)
     for name, got, want in zip(("y", "dx", "dgamma", "dbeta"), fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 8, 9], ids=lambda r: f"{r}-rows")
+def test_blocks_cover_a_part_exactly_down_to_a_last_block_of_one_row(rows):
+    """Blocks of 4 rows over parts of any length: consecutive, no row twice, none left out."""
+    for start in (0, 5):
+        part = slice(start, start + rows)
+        got = fast_norm.blocks(part, row_bytes=fast_norm.BLOCK_BYTES // 4)
+        covered = [r for s in got for r in range(s.start, s.stop)]
+        assert covered == list(range(part.start, part.stop))
+        assert all(0 < s.stop - s.start <= 4 for s in got)
+
+
+def test_eval_batch_norm_keeps_its_own_copy_of_the_running_statistics(rng):
+    """A forward in eval mode saves the running mean and variance it used: a train-mode forward
+    that updates those buffers in place before the first one's backward changes nothing there."""
+    x = rng.standard_normal((4, 3, 2, 2))
+    results = []
+    for later_forward in (False, True):
+        mean, var = np.zeros(3), np.ones(3)
+        xt = make(x, "cpu", requires_grad=True)
+        gamma, beta = make(np.ones(3), "cpu", requires_grad=True), make(np.zeros(3), "cpu")
+        y = fast_norm.batch_norm(xt, gamma, beta, mean, var, training=False)
+        if later_forward:
+            fast_norm.batch_norm(make(x * 5 + 3, "cpu"), gamma, beta, mean, var, training=True)
+            assert not np.allclose(mean, 0)
+        (y * y).sum().backward()
+        results.append((xt.grad.numpy(), gamma.grad.numpy()))
+    for got, want in zip(results[1], results[0]):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_fast_batch_norm_keeps_the_reference_errors(rng):

@@ -298,7 +298,7 @@ def test_enabled_reads_the_environment_and_is_off_by_default(monkeypatch, value,
 def load_benchmark(name):
     import importlib.util
     import pathlib
-    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

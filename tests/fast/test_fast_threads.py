@@ -22,7 +22,7 @@ from helpers import make
 
 pytestmark = pytest.mark.cpu_only  # the CPU speed layer: see conftest.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def run_python(code, pythonpath=REPO, **env):
