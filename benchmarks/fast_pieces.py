@@ -12,8 +12,7 @@ least 5% of the step (issue 25).
 
 The variants: "gemm: one call per product" multiplies each chunk's cols in one BLAS call, which
 BLAS may thread (fast/gemm.py cuts it into pieces that stay in the calling thread); "pool: 1
-thread" runs every chunk in the calling thread (MINIRES_NUM_THREADS=1); "BLAS one thread" is how
-the training commands run (BLAS set to one thread for the process, each product one call).
+thread" runs every chunk in the calling thread (MINIRES_NUM_THREADS=1).
 Without minires/fast only "reference" runs, and the script says so.
 
 Measured on 2026-12-07 (2 cores shared with other jobs, so compare the ratios within rounds).
@@ -22,9 +21,9 @@ fast/elementwise.py) 0.91x wall, 0.90x CPU: it cost time, and went; the norm's w
 wall, 1.13x CPU (3-round runs: 1.18-1.20x wall): no consistent 5% of the wall time, and went;
 products threaded by BLAS in the calling thread 7.2x and 7.7x. On the layer as it is now, at
 load 2 (3 rounds): reference 2.93x, products as one call per chunk 1.96x, pool of 1 thread
-1.48x: the pieces and the pool stay. BLAS on one thread (the commands' setting) gave 0.64x,
-0.86x and 1.32x at load 5-10, and 1.02x and 1.02x at load 2 (3 and 5 rounds): it helps only
-on a busy machine, and whether it stays is open (issue 25).
+1.48x: the pieces and the pool stay. BLAS on one thread for the whole process (the training
+commands' former setting) gave 0.64x, 0.86x and 1.32x at load 5-10, and 1.02x and 1.02x at
+load 2 (3 and 5 rounds): under 5% on a quiet machine, so it went.
 """
 import argparse
 import contextlib
@@ -63,11 +62,10 @@ def variants():
              "reference": lambda: patched((F, "_fast_on", False))}
     if not F.fast_ops_enabled():
         return {"reference": found["reference"]}
-    from minires.fast import gemm, threads
+    from minires.fast import gemm
     found.update({
         "gemm: one call per product": lambda: patched((gemm, "MIN_PIECE_ROWS", 2**62)),
         "pool: 1 thread": lambda: environment(MINIRES_NUM_THREADS="1"),
-        "BLAS one thread (commands)": threads.one_blas_thread_for_this_process,
     })
     return found
 

@@ -17,7 +17,6 @@ Modules are imported lazily: `minires --help` imports none of them, `minires tra
 only minires.commands.train (and what it uses).
 """
 import argparse
-import contextlib
 import importlib
 import sys
 from typing import NamedTuple
@@ -26,7 +25,7 @@ from typing import NamedTuple
 class Command(NamedTuple):
     """A subcommand: its name, the module that implements it (with `add_arguments(parser)` and
     `run(args)`), the one-line help shown by `minires --help`, and whether it trains networks
-    (then it owns its process: see `process_for_training`)."""
+    (then it owns its process: see `set_up_process_for_training`)."""
     name: str
     module: str
     help: str
@@ -55,21 +54,18 @@ def main(argv=None):
     if chosen is None:  # `minires` alone: list the commands
         parser.print_help()
         return 2
-    with process_for_training() if chosen.trains else contextlib.nullcontext():
-        return importlib.import_module(chosen.module).run(args)
+    if chosen.trains:
+        set_up_process_for_training()
+    return importlib.import_module(chosen.module).run(args)
 
 
-def process_for_training():
-    """What a training command sets for its whole process while it runs, since the process is its
-    own: BLAS on one thread, so that the fast conv's threads each multiply chunks of their own (a
-    ResNet-20 step about 1.3x faster on 2 cores; minires/fast/threads.py). A library call never
-    does this. Nothing is set where fast ops are off or the user set BLAS's threads."""
-    from . import functional
+def set_up_process_for_training():
+    """What a training command sets for its whole process, which is its own: glibc keeps freed
+    memory for the next step instead of giving it back and faulting it in anew
+    (minires/_process.py says how, and what it measured). A library call never does this."""
+    from ._process import keep_freed_memory
 
-    if not functional.fast_ops_enabled():
-        return contextlib.nullcontext()
-    from .fast.threads import one_blas_thread_for_this_process
-    return one_blas_thread_for_this_process()
+    keep_freed_memory()
 
 
 def build_parser(chosen=None):

@@ -79,7 +79,7 @@ later all call the functions you write, in the package itself.{released}
 ## Install
 
     python -m venv .venv && . .venv/bin/activate    # or your own environment
-    pip install -e .                    # numpy, tqdm, threadpoolctl, and the `minires` command
+    pip install -e .                    # numpy, tqdm, and the `minires` command
     pip install -e ".[plot]"            # matplotlib, for the tutorials' figures{notebooks}
 
 `-e` (editable) matters: Python then runs the files you edit, with no reinstall.

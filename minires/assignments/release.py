@@ -195,7 +195,7 @@ def requirements():
     try:
         needed = importlib.metadata.requires("minires") or []
     except importlib.metadata.PackageNotFoundError:
-        needed = ["numpy>=1.22", "tqdm>=4.60", "threadpoolctl>=3.1"]
+        needed = ["numpy>=1.22", "tqdm>=4.60"]
     return " ".join(f"'{r}'" for r in needed if "extra ==" not in r)
 
 

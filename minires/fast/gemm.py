@@ -14,13 +14,10 @@ under that line, `np.matmul` over a 3-D view of the rows, is one NumPy call that
 over the pieces, each of which BLAS multiplies in the calling thread. BLAS packs the right-hand
 matrix again for every piece, so a piece of few rows runs slower per core than one call; with
 fewer than MIN_PIECE_ROWS rows a piece is little more than a row-by-row product, so such wide
-products (128 channels and up, none in the CIFAR nets) are one call, which BLAS may thread. Where BLAS runs one thread anyway
-(`threads.blas_runs_one_thread`: OPENBLAS_NUM_THREADS=1, or a training command), every product
-is one call. Other BLAS libraries compute the same products, to rounding.
+products (128 channels and up, none in the CIFAR nets) are one call, which BLAS may thread.
+Other BLAS libraries compute the same products, to rounding.
 """
 import numpy as np
-
-from .threads import blas_runs_one_thread
 
 SINGLE_THREAD_MNK = 2 * 65536 * 4 - 1  # the largest M*N*K that OpenBLAS multiplies in one thread
 MIN_PIECE_ROWS = 8  # fewer rows per piece: one call instead
@@ -28,8 +25,6 @@ MIN_PIECE_ROWS = 8  # fewer rows per piece: one call instead
 
 def rows_per_piece(m, n):
     """Rows per piece of a product whose other two sizes are m and n; 0: one call (see above)."""
-    if blas_runs_one_thread():
-        return 0
     rows = SINGLE_THREAD_MNK // (m * n)
     return rows if rows >= MIN_PIECE_ROWS else 0
 

@@ -1,4 +1,4 @@
-"""A small fork-safe thread pool for the fast ops' chunks, and BLAS's thread count, read.
+"""A small fork-safe thread pool for the fast ops' chunks.
 
 The pool. NumPy does one thing at a time in one thread, but releases the GIL inside copies,
 ufunc loops and matrix products. `run_chunks(fn, chunks)` hands the chunks to the calling thread
@@ -7,18 +7,14 @@ the next chunk when it is done with one, so the chunks run on all cores at once.
 too and never waits for a helper to wake up: on a busy machine a helper that starts late finds
 nothing left, and the call costs what one thread would.
 
-BLAS. A library call never changes BLAS's thread count: that setting belongs to the whole
-process, and limiting it would slow every other thread of the user's program. minires reads what
-the process asked for (`blas_runs_one_thread`): then each product is one BLAS call, else it is
-cut into pieces that BLAS keeps in the calling thread (fast/gemm.py). Only the training
-commands, which own their process, set BLAS to one thread (`one_blas_thread_for_this_process`,
-measured in benchmarks/fast_pieces.py).
+BLAS. minires never changes BLAS's thread count: that setting belongs to the whole process. So
+that a pool thread's product never wakes BLAS's own threads, fast/gemm.py cuts each product into
+pieces that OpenBLAS keeps in the calling thread.
 
 Fork. A child made by `os.fork` (multiprocessing, a grader) inherits the pool's bookkeeping but
 none of its threads; `os.register_at_fork` forgets the pool in the child, whose first fast op
 starts a pool of its own instead of waiting forever on threads that do not exist.
 """
-import contextlib
 import contextvars
 import itertools
 import os
@@ -37,58 +33,6 @@ CORES = _usable_cores()  # asked once: each call reads the system's CPU list
 
 _lock = threading.Lock()
 _pool, _pool_size = None, 0
-
-
-BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
-
-
-def _blas_thread_setting(environ):
-    """The thread count the environment gives OpenBLAS (NumPy's wheels), in OpenBLAS's order:
-    the first of BLAS_THREAD_VARIABLES that is set; None when none is."""
-    for name in BLAS_THREAD_VARIABLES:
-        value = environ.get(name, "").strip()
-        if value:
-            return value
-    return None
-
-
-BLAS_ONE_THREAD = _blas_thread_setting(os.environ) == "1"  # read at the first fast op
-
-
-def blas_runs_one_thread():
-    """True when BLAS runs one thread: the environment said so at the first fast op (e.g.
-    OPENBLAS_NUM_THREADS=1), or a training command set it (one_blas_thread_for_this_process).
-
-    A limit set at run time by other code is not seen: then only the speed suffers (products
-    in pieces where one call would do). The two ways agree to rounding, not bit for bit."""
-    return BLAS_ONE_THREAD
-
-
-@contextlib.contextmanager
-def one_blas_thread_for_this_process():
-    """BLAS on one thread for the whole process while the block runs (yields True), and the pool's
-    threads each multiplying chunks of their own (see blas_runs_one_thread).
-
-    Only for programs that own their process: the training commands (`minires train`,
-    `minires degradation`) run in it; a library call never does, since the setting is the
-    process's. It yields False, and changes nothing, where the user has set BLAS's threads
-    (OPENBLAS_NUM_THREADS and the like) or threadpoolctl, which does the setting, is missing.
-    """
-    global BLAS_ONE_THREAD
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = None
-    if threadpool_limits is None or _blas_thread_setting(os.environ) is not None:
-        yield False
-        return
-    before = BLAS_ONE_THREAD
-    with threadpool_limits(limits=1, user_api="blas"):
-        BLAS_ONE_THREAD = True
-        try:
-            yield True
-        finally:
-            BLAS_ONE_THREAD = before
 
 
 def _forget_pool_in_child():

@@ -104,17 +104,12 @@ def test_run_chunks_raises_what_a_chunk_raised(monkeypatch):
         fast_threads.run_chunks(fail_on_7, list(range(20)))
 
 
-@pytest.mark.parametrize("blas_one_thread, pieces", [(False, True), (False, False),
-                                                     (True, False)],
-                         ids=["pieces", "one-call", "blas-one-thread"])
+@pytest.mark.parametrize("pieces", [True, False], ids=["pieces", "one-call"])
 @pytest.mark.parametrize("threads", ["1", "2", "3"])
-def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_one_thread,
-                                                pieces):
+def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, pieces):
     """A workspace of one image per chunk: seven chunks of a batch of 7 on 1-3 threads, summed in
-    any order, with the products as pieces of 2 rows, or as one call (a wide product, or BLAS on
-    one thread)."""
+    any order, with the products as pieces of 2 rows, or as one call (a wide product)."""
     monkeypatch.setattr(fast_conv, "WORKSPACE_BYTES", 1)
-    monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
     monkeypatch.setattr(fast_gemm, "MIN_PIECE_ROWS", 0 if pieces else 10**9)
     monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 2 * 27 * 4)  # pieces of 2 rows (or 1)
     monkeypatch.setenv("MINIRES_NUM_THREADS", threads)
@@ -124,10 +119,8 @@ def test_fast_conv2d_in_many_chunks_and_threads(rng, monkeypatch, threads, blas_
         assert_same(*conv_both(x, w, rng.standard_normal(4), stride, 1))
 
 
-@pytest.mark.parametrize("blas_one_thread", [False, True])
-def test_products_in_this_thread_equal_numpys(rng, monkeypatch, blas_one_thread):
+def test_products_in_this_thread_equal_numpys(rng, monkeypatch):
     """Pieces with a remainder, b's columns a group at a time: the same products as NumPy's."""
-    monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", blas_one_thread)
     monkeypatch.setattr(fast_gemm, "SINGLE_THREAD_MNK", 7 * 6 * 5)  # pieces of 7 rows
     monkeypatch.setattr(fast_gemm, "MIN_PIECE_ROWS", 1)
     a, b, c = (rng.standard_normal(s) for s in ((45, 6), (6, 5), (45, 10)))

@@ -1,7 +1,7 @@
 """The speed layer is a guest in the user's process: its pool survives fork, BLAS keeps the thread
-count the user's program had (only the training commands, which own their process, set it, and
-put it back), `import minires` needs only NumPy, and minires runs without the `minires/fast`
-folder (on the references)."""
+count the user's program had, only the training commands (which own their process) set malloc,
+`import minires` needs only NumPy, and minires runs without the `minires/fast` folder (on the
+references)."""
 import os
 import shutil
 import subprocess
@@ -73,7 +73,7 @@ def test_blas_thread_count_unchanged_by_convs_in_two_threads(rng, monkeypatch):
     monkeypatch.setenv("MINIRES_NUM_THREADS", "2")
     before = blas_threads()
     assert before, "no BLAS library found"
-    seen, errors, running = [], [], threading.Event()
+    seen, errors = [], []
 
     def convs():
         try:
@@ -95,75 +95,21 @@ def test_blas_thread_count_unchanged_by_convs_in_two_threads(rng, monkeypatch):
     assert all(counts == before for counts in seen)
 
 
-@pytest.mark.parametrize("environ, setting", [
-    ({}, None),
-    ({"OMP_NUM_THREADS": "1"}, "1"),
-    ({"OPENBLAS_NUM_THREADS": "4", "OMP_NUM_THREADS": "1"}, "4"),  # OpenBLAS's own comes first
-    ({"GOTO_NUM_THREADS": " 1 ", "OMP_NUM_THREADS": "2"}, "1"),
-    ({"MKL_NUM_THREADS": "1"}, None),  # MKL's: OpenBLAS does not read it
-    ({"OPENBLAS_NUM_THREADS": ""}, None),
-])
-def test_the_blas_thread_setting_is_read_as_blas_reads_it(environ, setting):
-    assert fast_threads._blas_thread_setting(environ) == setting
-
-
-def test_a_process_started_with_one_blas_thread_multiplies_in_the_pool():
-    """OPENBLAS_NUM_THREADS=1 at start: BLAS has one thread (threadpoolctl says so), minires
-    sees it, and its convs still give the reference's numbers."""
-    code = CONV + """
-from minires.fast import threads
-import minires.functional as F
-from threadpoolctl import threadpool_info
-fast = conv_step()
-F.use_reference_ops()
-rng = np.random.default_rng(0)
-reference = conv_step()
-print(threads.blas_runs_one_thread(), [i["num_threads"] for i in threadpool_info()
-                                       if i["user_api"] == "blas"], np.abs(fast - reference).max())
-"""
-    one, counts, difference = run_python(code, MINIRES_NUM_THREADS="2",
-                                         OPENBLAS_NUM_THREADS="1").split(" ", 2)
-    assert one == "True" and set(eval(counts)) == {1} and float(difference) < 1e-10
-    default = run_python("from minires.fast import threads; print(threads.blas_runs_one_thread())",
-                         **{name: "" for name in fast_threads.BLAS_THREAD_VARIABLES})
-    assert default.strip() == "False"
-
-
-def clear_blas_environment(monkeypatch):
-    for name in fast_threads.BLAS_THREAD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-
-
-def test_a_training_command_runs_with_one_blas_thread_and_puts_it_back(monkeypatch):
-    """`minires train` owns its process: BLAS on one thread while it runs, as before after."""
-    clear_blas_environment(monkeypatch)
-    monkeypatch.setattr(fast_threads, "BLAS_ONE_THREAD", False)  # as read at import, without env
-    before, seen = blas_threads(), []
-    assert before
+@pytest.mark.parametrize("command, sets_malloc", [(["train", "--data", "synthetic"], True),
+                                                  (["gradients"], False)])
+def test_only_a_training_command_sets_malloc_for_its_process(monkeypatch, command, sets_malloc):
+    """`minires train` owns its process and keeps freed memory (minires/_process.py); a command
+    that trains nothing, and every library call, leaves malloc as it was."""
+    import minires._process
+    import minires.commands.gradients
     import minires.commands.train
 
-    def run(args):
-        seen.append((blas_threads(), fast_threads.blas_runs_one_thread()))
-        return 0
-    monkeypatch.setattr(minires.commands.train, "run", run)
-    assert cli.main(["train", "--data", "synthetic"]) == 0
-    assert seen == [([1] * len(before), True)]
-    assert blas_threads() == before and not fast_threads.blas_runs_one_thread()
-
-
-def test_a_training_command_leaves_blas_alone_where_the_user_set_it(monkeypatch):
-    """An explicit OPENBLAS_NUM_THREADS (or fast ops off) is the user's choice: nothing set."""
-    before = blas_threads()
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
-    with cli.process_for_training() as limited:
-        assert not limited and blas_threads() == before
-    clear_blas_environment(monkeypatch)
-    F.use_reference_ops()
-    try:
-        with cli.process_for_training() as limited:
-            assert not limited and blas_threads() == before
-    finally:
-        F.use_fast_ops()
+    calls = []
+    monkeypatch.setattr(minires._process, "keep_freed_memory", lambda: calls.append(1))
+    for module in (minires.commands.train, minires.commands.gradients):
+        monkeypatch.setattr(module, "run", lambda args: 0)
+    assert cli.main(command) == 0
+    assert calls == ([1] if sets_malloc else [])
 
 
 def test_import_minires_needs_only_numpy():
