@@ -72,10 +72,9 @@ def rng():
 
 @pytest.fixture
 def no_stray_frees():
-    """The lent-block cache's books (fast/memory.py) change only by what the test itself does.
-    Arrays that earlier tests left in reference cycles (a traceback kept by pytest.raises, say)
-    give their blocks back whenever the garbage collector runs: collect them now, and hold the
-    collector off until the test ends."""
+    """The garbage collector off for the test, after collecting what earlier tests left in
+    reference cycles: a test that checks what is freed without the collector (a recorder holds
+    no cycle) sees only what the test itself does."""
     gc.collect()
     gc.disable()
     try:
