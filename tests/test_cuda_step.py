@@ -15,7 +15,7 @@ import pytest
 
 import minires
 from helpers import make
-from minires import backend, models
+from minires import models
 from minires import functional as F
 from minires.fast import gpu
 from minires.optim import SGD, _flat

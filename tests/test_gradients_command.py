@@ -3,7 +3,6 @@ both CSVs, and a figure that explains itself (stage boundaries, the fc point, th
 import csv
 import warnings
 
-import numpy as np
 import pytest
 
 from minires import cli

@@ -544,7 +544,7 @@ class GpuBatchNorm(BatchNorm):
         xp = backend.xp(x)
         gamma_in, beta_in = gamma, beta
         x, hw, sn, sc = _element_strides(x)
-        channels, m = x.shape[1], x.size // x.shape[1]
+        channels = x.shape[1]
         gamma = xp.ascontiguousarray(gamma)
         stats = xp.empty((4, channels), dtype=x.dtype)
         if self.training:
