@@ -35,11 +35,15 @@ def test_gradescope_bundle_grades_a_submission_end_to_end(tmp_path):
     os.chmod(root / "run_autograder", 0o755)
     make_workspace("residual", root / "submission", with_solutions=True)
     (root / "submission" / "assignment.json").unlink()  # a student uploads only the .py files
-    env = dict(os.environ, MINIRES_AUTOGRADER_ROOT=str(root), MINIRES_PYTHON=sys.executable)
+    # the README's dry run names only the root: without setup.sh's venv, python3 grades
+    env = dict(os.environ, MINIRES_AUTOGRADER_ROOT=str(root),
+               PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ["PATH"]]))
     env.pop("PYTHONPATH", None)  # the bundle's own minires, as on Gradescope
+    env.pop("MINIRES_PYTHON", None)
     done = subprocess.run([str(root / "run_autograder")], cwd=root, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert "grading with python3" in done.stderr
     results = json.loads((root / "results" / "results.json").read_text())
     assert results["score"] == 20 and results["extra_data"]["finished"], results
     assert results["extra_data"]["assignment"] == "residual"

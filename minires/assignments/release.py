@@ -172,9 +172,15 @@ chmod -R go-rwx /autograder/source  # the complete minires: root's alone
 RUN_AUTOGRADER = """#!/usr/bin/env bash
 # Gradescope runs this, as root, in /autograder, for every submission. It grades
 # $ROOT/submission (the student's {files}) with the complete minires in $ROOT/source and writes
-# $ROOT/results/results.json. MINIRES_AUTOGRADER_ROOT and MINIRES_PYTHON exist for testing.
+# $ROOT/results/results.json. For a dry run elsewhere: MINIRES_AUTOGRADER_ROOT is the folder
+# that stands for /autograder, MINIRES_PYTHON a Python with minires' dependencies (setup.sh's
+# venv is used where it exists, else python3).
 ROOT="${{MINIRES_AUTOGRADER_ROOT:-/autograder}}"
-PYTHON="${{MINIRES_PYTHON:-/autograder/minires-venv/bin/python}}"
+VENV_PYTHON=/autograder/minires-venv/bin/python
+if [ -z "${{MINIRES_PYTHON:-}}" ] && [ ! -x "$VENV_PYTHON" ]; then
+    echo "run_autograder: no $VENV_PYTHON (setup.sh makes it); grading with python3" >&2
+fi
+PYTHON="${{MINIRES_PYTHON:-$( [ -x "$VENV_PYTHON" ] && echo "$VENV_PYTHON" || echo python3 )}}"
 mkdir -p "$ROOT/results"
 # Before Python starts: every part at 0, so a missing dependency, a crash or a timeout never
 # leaves an older score in place. The grader replaces it atomically once it has graded.
