@@ -396,6 +396,7 @@ def test_terminal_escapes_never_reach_the_teachers_screen(tmp_path, capsys):
     out = capsys.readouterr().out
     for text in (out, json.loads(json_path.read_text())["tests"][0]["output"]):
         assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text
+        assert "[2J[H]0;pwned" not in text  # sequences go whole, not their tails
 
 
 @needs_jail

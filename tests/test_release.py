@@ -132,6 +132,13 @@ def test_course_file_and_flags(tmp_path):
     plan.write_text(json.dumps({"assigned": ["conv"]}))
     with pytest.raises(SystemExit, match="unknown keys"):
         course(course_file=plan)
+    for text, message in (('{"assign": ["conv"]', "is not valid JSON"),
+                          ('["conv"]', "must hold a JSON object")):
+        plan.write_text(text)
+        with pytest.raises(SystemExit, match=message):
+            course(course_file=plan)
+    with pytest.raises(SystemExit, match="cannot read the course file .*missing.json"):
+        course(course_file=tmp_path / "missing.json")
 
 
 def test_hints_choose_how_much_math(tmp_path):

@@ -25,6 +25,7 @@ output names every case, and for each failure, why.
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -154,9 +155,16 @@ def read_regular(path, limit):
         return file.read(limit)
 
 
+# a terminal escape sequence: CSI (ESC [ ... final letter), OSC (ESC ] ... BEL or ESC \\), or
+# ESC and one character; removed whole, so that no '[2J' is left to read as text
+ESCAPE_SEQUENCE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b.?")
+
+
 def plain_text(text, limit=OUTPUT_LIMIT):
-    """`text` as plain text: control and format characters (terminal escapes, bidirectional
-    overrides) removed, newlines and tabs kept, at most `limit` characters."""
+    """`text` as plain text: terminal escape sequences, carriage returns and every other control
+    or format character (bidirectional overrides) removed, newlines and tabs kept, at most
+    `limit` characters."""
+    text = ESCAPE_SEQUENCE.sub("", text)
     kept = "".join(c for c in text if c in "\n\t" or unicodedata.category(c)[0] != "C")
     return kept[:limit]
 

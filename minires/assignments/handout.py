@@ -112,11 +112,12 @@ later all call the functions you write, in the package itself.{released}
 
 ## Rules for your files
 
-Your files may import what they import now, plus numpy, math and a few standard modules
-(functools, itertools, typing, collections, dataclasses, operator). The autograder refuses a file
-that imports minires' other modules than those it imports now, inspects frames or the heap (sys,
-inspect, gc), or uses eval, exec, open, `__import__` or dunder attributes; `submit` warns you
-first.
+Write each backward by hand: a backward that calls your forward, minires' autograd or
+`minires.functional` scores 0 for its part. Your code runs in a sandbox that holds no solution
+(your other functions are the ones it uses). The autograder reads your source only for advice: a
+line that imports minires' other modules, inspects frames or the heap (sys, inspect, gc), or
+uses eval, exec, open or `__import__` is named in your feedback and in `submit`'s warnings, but
+scores nothing by itself.
 
 ## Tutorials
 

@@ -52,7 +52,7 @@ def course(assign=None, solutions=(), hints=None, course_file=None):
     """{"blank": [...], "solutions": [...], "hints": ...}: what a release leaves blank, in course
     order. `course_file` (JSON with any of the keys "assign", "solutions", "hints") gives the
     defaults; arguments that are given win. Unknown names are a SystemExit listing the real ones."""
-    settings = json.loads(Path(course_file).read_text()) if course_file else {}
+    settings = read_course_file(course_file) if course_file else {}
     unknown = set(settings) - {"assign", "solutions", "hints"}
     if unknown:
         raise SystemExit(f"{course_file}: unknown keys {sorted(unknown)}; a course file may give "
@@ -68,6 +68,21 @@ def course(assign=None, solutions=(), hints=None, course_file=None):
         get(name)
     return {"blank": [n for n in names if n in assign and n not in solutions],
             "solutions": [n for n in names if n in solutions], "hints": hints}
+
+
+def read_course_file(path):
+    """The course file's JSON object; a SystemExit naming the file when it cannot be read or is
+    not a JSON object."""
+    try:
+        settings = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise SystemExit(f"cannot read the course file {path}: {error.strerror}") from None
+    except ValueError as error:
+        raise SystemExit(f"the course file {path} is not valid JSON: {error}") from None
+    if not isinstance(settings, dict):
+        raise SystemExit(f"the course file {path} must hold a JSON object such as "
+                         '{"assign": ["conv"], "solutions": [], "hints": "shapes"}')
+    return settings
 
 
 def targets_by_file(blank):

@@ -27,12 +27,13 @@ def submission_files(name, package_dir=PACKAGE_DIR):
 
 
 def warnings_for(name, files):
-    """What the autograder would refuse, and the TODOs left, as lines for the student."""
+    """What the autograder's source screen would name (advice), and the TODOs left, as lines for
+    the student."""
     assignment = get(name)
     lines = []
     for filename, text in files.items():
         handed_out = handed_out_source(filename, assignment)
-        lines += [f"the autograder would refuse this: {why}"
+        lines += [f"the autograder's screen would name this (advice, not scored): {why}"
                   for why in screen_file(text, filename, handed_out)]
         left = text.count(TODO_MARK)
         if left:
