@@ -84,8 +84,11 @@ def test_more_epochs_need_the_flag_and_are_noted(tmp_path, capsys):
     assert [row["note"] for row in rows] == ["", "epochs 1 -> 2"]
     assert float(rows[1]["lr"]) == pytest.approx(0.001)  # the 1-epoch schedule goes on: 0.1/100
     assert load_checkpoint(tmp_path / "checkpoint.npz")["meta"]["step"] == 6
+    capsys.readouterr()
     assert train(tmp_path, "--epochs", "2", "--resume") == 0  # the new setting is now the run's
     assert len(read_csv(tmp_path / "metrics.csv")) == 2
+    out = capsys.readouterr().out  # a finished run is said to be finished, not "resumed"
+    assert "holds a finished run (epoch 2 of 2, step 6)" in out and "resuming" not in out
 
 
 def test_resume_on_an_empty_folder_starts_fresh(tmp_path, capsys):

@@ -113,7 +113,7 @@ def _plot_and_write(args, runs, source):
     path = lambda name: os.path.join(args.out, name)  # noqa: E731
     files = [plot_gradients_bn_vs_no_bn(runs, path("layer_gradients.png"), source)]
     files += [plot_residual_split(runs[bn], path(f"residual_split_{SETTINGS[bn][0]}.png"),
-                                  f"{SETTINGS[bn][1].capitalize()}, {args.dtype}")
+                                  f"{_sentence_case(SETTINGS[bn][1])}, {args.dtype}")
               for bn in settings]
     write_csv(runs, path("layers.csv"), path("blocks.csv"))
     for batch_norm in settings:
@@ -122,3 +122,9 @@ def _plot_and_write(args, runs, source):
         print("\n".join(summary_lines(runs[batch_norm])))
     print("wrote " + ", ".join(files + [path("layers.csv"), path("blocks.csv")]))
     return 0
+
+
+def _sentence_case(text):
+    """'with BN, He init' -> 'With BN, He init': the first letter up, the rest as written
+    (str.capitalize lowered the acronyms and names)."""
+    return text[:1].upper() + text[1:]

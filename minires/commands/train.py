@@ -167,6 +167,11 @@ def _resume(trainer, sections, path, allow_changes):
         raise type(err)(f"{path}: {err}") from None
     trainer.last_checkpoint = (path, trainer.step)
     changed = "".join(f"; {key} {old!r} -> {new!r}" for key, old, new in trainer.changes)
+    if trainer.epoch >= trainer.epochs:
+        print(f"minires train: {path} holds a finished run (epoch {trainer.epochs} of "
+              f"{trainer.epochs}, step {trainer.step}){changed}; nothing to train (to go on: "
+              f"--resume --epochs N --allow-change epochs)")
+        return
     print(f"minires train: resuming from {path} at step {trainer.step} (epoch "
           f"{trainer.epoch + 1} of {trainer.epochs}, batch {trainer.batch}){changed}")
 
