@@ -45,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STANDIN_RUNNER = ROOT / "tests" / "standin_run.py"
 KEPT = ("train_step.json", "gradients/layers.csv", "train/metrics.csv", "train/checkpoint.npz")
 STEP_ENV = {"suite": {"MINIRES_DEVICE": "cuda"}, "fast tests": {"MINIRES_GPU_FAST_OPS": "1"}}
-FAST_TESTS = ["tests/fast/test_fast_gpu.py", "tests/test_cuda_step.py", "tests/test_cuda_kernels.py"]
+FAST_TESTS = ["tests/fast/test_fast_gpu.py", "tests/fast/test_cuda_step.py",
+              "tests/fast/test_cuda_kernels.py"]
 
 
 # --- the steps ------------------------------------------------------------------------------------

@@ -240,7 +240,7 @@ class DeviceKernel:
     (grid, block); the arguments are CuPy arrays and NumPy scalars of the kernel's C types. On a
     module that offers `launch_twin` (the tests' CuPy stand-in) the twin runs instead, on the
     NumPy arrays behind the device arrays. Every source is compiled in CI with NVRTC for sm_75,
-    sm_80 and sm_90 (tests/test_cuda_kernels.py), so no kernel reaches a GPU uncompiled.
+    sm_80 and sm_90 (tests/fast/test_cuda_kernels.py), so no kernel reaches a GPU uncompiled.
     """
 
     def __init__(self, name, source, twin):

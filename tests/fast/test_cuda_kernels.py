@@ -129,3 +129,20 @@ def test_every_kernel_runs_in_a_fast_step_and_an_evaluation(monkeypatch):
         F.cross_entropy(model(x), y).backward()
         model.eval()(x)
     assert set(gpu.KERNELS) <= set(book.calls), set(gpu.KERNELS) - set(book.calls)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cupy_standin.is_registered(), reason="counts the stand-in's ledger")
+def test_a_minires_kernel_runs_its_twin_as_one_launch():
+    """(From tests/test_cuda_ledger.py, which runs without minires/fast.)"""
+    cp = cupy_standin.cupy
+    x = cp.asarray(np.random.default_rng(0).standard_normal((4, 3, 5, 5)).astype(np.float32))
+    gamma, beta = cp.ones(3, dtype=np.float32), cp.zeros(3, dtype=np.float32)
+    xt, gt, bt = (minires.Tensor(v, requires_grad=True) for v in (x, gamma, beta))
+    with cupy_standin.counting() as forward:
+        y = gpu.batch_norm(xt, gt, bt, training=True)
+    with cupy_standin.counting() as backward:
+        y.backward(cp.ones(y.shape, dtype=np.float32))
+    assert forward.calls["bn_partial_sums"] == 1 and forward.calls["bn_apply"] == 1
+    assert forward.launches == 3 and forward.syncs == 0, forward
+    assert backward.launches <= 5 and backward.syncs == 0, backward  # 3 kernels (+ engine's ones)

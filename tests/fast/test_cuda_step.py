@@ -22,7 +22,7 @@ from minires.optim import SGD, _flat
 
 import cupy_standin
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 on_the_standin = pytest.mark.skipif(not cupy_standin.is_registered(), reason="a real GPU answers")
 
 
