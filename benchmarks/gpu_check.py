@@ -74,9 +74,10 @@ def steps(files, standin):
         train = ["--model", "resnet20", "--batch-size", "128"]
         bench = ["--model", "resnet20", "--batch", "128", "--frameworks", "minires",
                  "minires-gpufast", "torch"]
+    fast_layer = (ROOT / "minires" / "fast").is_dir()  # a build without it has no fast tests
     return [
         ("env", on_cuda + ["-c", ENV_PROBE], 15, summarize_env),
-        ("fast tests", pytest + fast_tests, 60, summarize_pytest),
+        *([("fast tests", pytest + fast_tests, 60, summarize_pytest)] if fast_layer else []),
         ("cuda tests", pytest + cuda_tests, 75, summarize_pytest),
         ("suite", pytest + suite, 150, summarize_pytest),
         ("main job", on_cuda + ["-m", "minires", "gradients", "--device", "cuda", "--depths",

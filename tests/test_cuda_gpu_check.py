@@ -22,6 +22,9 @@ import cupy_standin
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 STEPS = ("env", "fast tests", "cuda tests", "suite", "main job", "train", "train_step")
+# gpu_check times and tests the GPU fast path: a build without minires/fast has none to check
+needs_the_fast_layer = pytest.mark.skipif(not (ROOT / "minires" / "fast").is_dir(),
+                                          reason="no minires/fast in this build")
 
 
 def _env():
@@ -32,6 +35,7 @@ def _env():
 @pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not cupy_standin.is_registered(), reason="on a GPU, gpu_check runs for real")
+@needs_the_fast_layer
 def test_gpu_check_dry_run_passes_every_step_and_writes_its_log(tmp_path):
     log = tmp_path / "gpu_check.log"
     result = subprocess.run([sys.executable, str(SCRIPT), "--standin", "--log", str(log)],
@@ -71,6 +75,7 @@ def test_a_step_that_hangs_is_stopped_at_its_time_limit():
     assert re.search(r"^env\s+FAIL \(timeout\)\s+1\.0", table, re.M), table
 
 
+@needs_the_fast_layer
 def test_the_real_plan_fits_a_480_second_lease_and_runs_the_fast_path(tmp_path):
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     gpu_check = importlib.util.module_from_spec(spec)
