@@ -44,6 +44,14 @@ def conv_copy(tmp_path_factory):
     return out
 
 
+def test_the_copys_list_says_which_assignments_are_the_students(conv_copy):
+    done = run_in_copy(conv_copy, "from minires.cli import main; main(['assignment', 'list'])")
+    lines = [line for line in done.stdout.splitlines() if line[:1].isdigit()]
+    assert len(lines) == 4, done.stdout + done.stderr
+    assert [line.endswith("[yours to write]") for line in lines] == [False, True, False, False]
+    assert all(line.endswith("]") for line in lines)
+
+
 def test_only_the_assigned_parts_are_blank(conv_copy):
     package = conv_copy / "minires"
     conv = (package / "ops/conv.py").read_text()

@@ -98,10 +98,24 @@ def run(args):
 
 
 def run_list(_args):
+    blank = blank_in_this_copy()
     for a in all_assignments().values():
-        print(f"{a.number}. {a.name:<10} {a.summary} ({a.points} points)")
+        status = "" if blank is None else ("  [yours to write]" if a.name in blank else
+                                           "  [working code in this copy]")
+        print(f"{a.number}. {a.name:<10} {a.summary} ({a.points} points){status}")
         print(f"   {'':<10} parts: " + ", ".join(f"{p.name} ({p.points})" for p in a.parts))
     return 0
+
+
+def blank_in_this_copy():
+    """The assignments a student copy leaves blank (its course.json, beside the package), or
+    None in the teacher's complete minires."""
+    if not (PACKAGE_DIR / RELEASE_MARK).exists():
+        return None
+    try:
+        return set(json.loads((PACKAGE_DIR.parent / "course.json").read_text())["blank"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def run_make(args):
