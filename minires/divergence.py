@@ -45,7 +45,7 @@ class DivergenceGuard:
                           for p in self.parameters]
                        + [xp.isfinite(buffers[name]).all() for name in self.buffer_names])
         self._loss = loss
-        self._saved = [(a, a.copy()) for a in self._updated_arrays()]
+        self._saved = [(a, a.copy()) for a in _buffers_holding(self._updated_arrays())]
 
     def after_update(self):
         """Undo the update unless every flag, the parameters' after it included, is good."""
@@ -95,3 +95,19 @@ class DivergenceGuard:
                   + [("update", n) for n in self.parameter_names])
         bad = [thing for thing, flag in zip(things, flags) if not flag]
         return index, loss, bad[0] if bad else None
+
+
+def _buffers_holding(arrays):
+    """The arrays to copy so that all of `arrays` can be put back: a group of views that fills
+    one buffer (a fused optimizer's flat parameters, or its flat momentum) is that buffer, one
+    copy instead of one per parameter; every other array is itself."""
+    groups = {}
+    for array in arrays:
+        base = array.base if backend.is_array(array.base) else None
+        owner = array if base is None else base
+        groups.setdefault(id(owner), (owner, []))[1].append(array)
+    chosen = []
+    for owner, members in groups.values():
+        fills_it = sum(m.nbytes for m in members) >= owner.nbytes
+        chosen.extend([owner] if fills_it else members)
+    return chosen

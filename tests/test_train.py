@@ -33,7 +33,8 @@ from minires.train import COLUMNS, Trainer, evaluate, paper_recipe, train, train
 DATA = synthetic_cifar(48, 16, image_size=16, seed=0)  # 3 batches of 16 per epoch
 
 
-def make_trainer(seed, data=DATA, epochs=2, batch_size=16, milestones=(1,), **kwargs):
+def make_trainer(seed, data=DATA, epochs=2, batch_size=16, milestones=(1,), fused=False,
+                 **kwargs):
     """Fresh model, SGD (momentum + weight decay), MultiStepLR and augmenting loader from `seed`.
 
     By default the lr drops after epoch 1, so a run of 4 steps (3 per epoch) crosses an epoch end,
@@ -41,7 +42,7 @@ def make_trainer(seed, data=DATA, epochs=2, batch_size=16, milestones=(1,), **kw
     """
     minires.manual_seed(seed)
     model = cifar_resnet(8)
-    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, fused=fused)
     scheduler = MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     train_loader = DataLoader(data.x_train, data.y_train, batch_size, shuffle=True,
                               augment=True, seed=seed)
@@ -279,10 +280,12 @@ def test_an_update_that_overflows_is_not_applied_and_never_saved(tmp_path):
     assert (tmp_path / "checkpoint.npz").read_bytes() == written
 
 
-def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch):
+@pytest.mark.parametrize("fused", [False, True], ids=["per-parameter", "fused"])
+def test_an_infinite_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch, fused):
     """The guard reads the gradients, not only the loss: one infinite gradient entry (the loss
-    finite) and the parameters and optimizer state stay exactly as they were."""
-    trainer = make_trainer(seed=0, sync_every=1)
+    finite) and the parameters and optimizer state stay exactly as they were (with a fused
+    optimizer the guard saves and restores its flat buffers, not each parameter's view)."""
+    trainer = make_trainer(seed=0, sync_every=1, fused=fused)
     trainer.run(max_steps=2)
     before = parameters_and_optimizer(trainer)
     backward = minires.Tensor.backward
