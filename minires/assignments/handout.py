@@ -8,6 +8,7 @@ import re
 import textwrap
 
 from .registry import get
+from .residual import PLUS_ONE_SPLIT
 from .workspace import source_path
 
 
@@ -190,23 +191,11 @@ from minires.assignments import block
 from minires.inspect import compare, summary_lines
 
 
-def plus_one_split(rng):
-    """The split of dL/dx at one block at initialisation, from YOUR block_backward."""
-    for channels, stride, label in ((16, 1, "identity shortcut"), (32, 2, "option-A shortcut")):
-        x = rng.standard_normal((8, 16, 16, 16))
-        y, ops = block.block_forward(x, block.random_params(rng, 16, channels), stride)
-        grads = block.block_backward(rng.standard_normal(y.shape), ops)
-        norms = {name: float(np.linalg.norm(grads[name])) for name in
-                 ("dx", "dx_shortcut", "dx_branch")}
-        print(f"{label}: |dx| = {norms['dx']:.3g} = |shortcut part| {norms['dx_shortcut']:.3g}"
-              f" (+) |branch part| {norms['dx_branch']:.3g}")
-
-
-def main(depths):
+''' + PLUS_ONE_SPLIT + '''def main(depths):
     results, _ = compare(depths, batch_size=8)
     for line in summary_lines(results):
         print(line)
-    plus_one_split(np.random.default_rng(0))
+    plus_one_split(block, np.random.default_rng(0))
 
 
 if __name__ == "__main__":

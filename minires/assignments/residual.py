@@ -309,6 +309,22 @@ Math: the chain rule, from the output back:
     dx = dx_shortcut + dx_branch          (identity: dL/dx = g (1 + dF/dx), the "+1")
 """
 
+# the +1 split printed by both scripts (the workspace's and the student copy's), from the
+# student's block_backward
+PLUS_ONE_SPLIT = '''def plus_one_split(block, rng):
+    """The split of dL/dx at one block at initialisation, from YOUR block_backward."""
+    for channels, stride, label in ((16, 1, "identity shortcut"), (32, 2, "option-A shortcut")):
+        x = rng.standard_normal((8, 16, 16, 16))
+        y, ops = block.block_forward(x, block.random_params(rng, 16, channels), stride)
+        grads = block.block_backward(rng.standard_normal(y.shape), ops)
+        norms = {name: float(np.linalg.norm(grads[name])) for name in
+                 ("dx", "dx_shortcut", "dx_branch")}
+        print(f"{label}: |dx| = {norms['dx']:.3g} = |shortcut part| {norms['dx_shortcut']:.3g}"
+              f" (+) |branch part| {norms['dx_branch']:.3g}")
+
+
+'''
+
 SCRIPT = '''"""Assignment 3, last step: plain vs residual networks on YOUR relu and residual add.
 
     python compare_gradients.py          # depths 20 and 56 (a minute or two on a laptop CPU)
@@ -331,19 +347,7 @@ from minires.inspect import compare, summary_lines
 HERE = Path(__file__).resolve().parent
 
 
-def plus_one_split(block, rng):
-    """The split of dL/dx at one block at initialisation, from YOUR block_backward."""
-    for channels, stride, label in ((16, 1, "identity shortcut"), (32, 2, "option-A shortcut")):
-        x = rng.standard_normal((8, 16, 16, 16))
-        y, ops = block.block_forward(x, block.random_params(rng, 16, channels), stride)
-        grads = block.block_backward(rng.standard_normal(y.shape), ops)
-        norms = {name: float(np.linalg.norm(grads[name])) for name in
-                 ("dx", "dx_shortcut", "dx_branch")}
-        print(f"{label}: |dx| = {norms['dx']:.3g} = |shortcut part| {norms['dx_shortcut']:.3g}"
-              f" (+) |branch part| {norms['dx_branch']:.3g}")
-
-
-def main(depths):
+''' + PLUS_ONE_SPLIT + '''def main(depths):
     mine = load_workspace(HERE, ["activation.py", "residual.py", "block.py"])
     with student_ops(relu=mine.activation.relu, residual_add=mine.residual.residual_add):
         results, _ = compare(depths, batch_size=8)

@@ -58,6 +58,13 @@ def one_line(command, err):
     return f"minires {command}: {err}"
 
 
+def add_overwrite_option(parser):
+    """--overwrite, as every command that writes a run has it (see output_folder)."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds a run: its files are moved "
+                             "into <out>/replaced-<time>/ (nothing is deleted)")
+
+
 @contextlib.contextmanager
 def output_folder(command, folder, run_files, resume=False, overwrite=False, describe=None):
     """Make `folder`, lock it for this process, refuse a run already there unless `resume` (or

@@ -15,8 +15,8 @@ checkpoint and says how to go on (exit 130).
 import argparse
 from pathlib import Path
 
-from .common import (StopRequest, checkpoint_counters, count_at_least, interrupted, one_line,
-                     output_folder)
+from .common import (StopRequest, add_overwrite_option, checkpoint_counters, count_at_least,
+                     interrupted, one_line, output_folder)
 
 RUN_FILES = ("config.json", "curves.csv", "degradation.png", "nets")
 
@@ -51,9 +51,7 @@ def add_arguments(parser):
                                                                   "runs/degradation)")
     parser.add_argument("--resume", action="store_true",
                         help="go on with the run in --out (its settings must be these)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an --out that holds a run: its files are moved "
-                             "into <out>/replaced-<time>/ (nothing is deleted)")
+    add_overwrite_option(parser)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="progress bars (default: on)")
 

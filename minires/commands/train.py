@@ -28,8 +28,8 @@ from ..checkpoint_checks import member_check
 from ..data import DataLoader, load_cifar10, synthetic_cifar
 from ..models import get_model
 from ..train import CHANGEABLE, CHECKPOINT_NAME, SettingsChanged, Trainer, paper_recipe
-from .common import (StopRequest, checkpoint_counters, count_at_least, interrupted, one_line,
-                     output_folder)
+from .common import (StopRequest, add_overwrite_option, checkpoint_counters, count_at_least,
+                     interrupted, one_line, output_folder)
 
 RUN_FILES = (CHECKPOINT_NAME, "metrics.csv", "metrics.json", "learning_curve.png")
 
@@ -59,9 +59,7 @@ def add_arguments(parser):
     parser.add_argument("--resume", action="store_true",
                         help="go on from <out>/checkpoint.npz if it is there (else start fresh); "
                              "every setting must be as in the checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in an --out that holds a run: its files are moved "
-                             "into <out>/replaced-<time>/ (nothing is deleted)")
+    add_overwrite_option(parser)
     parser.add_argument("--allow-change", action="append", default=[], choices=CHANGEABLE,
                         metavar="SETTING",
                         help="with --resume, let this setting differ from the checkpoint's: "

@@ -61,6 +61,14 @@ __device__ void block_sum_pair(double* a, double* b) {
         __syncthreads();
     }
 }
+// each thread's (a, b) summed over the block into out[0], out[1] (s1, s2: shared scratch)
+__device__ void store_block_sums(double* s1, double* s2, double a, double b, double* out) {
+    s1[threadIdx.x] = a;
+    s2[threadIdx.x] = b;
+    __syncthreads();
+    block_sum_pair(s1, s2);
+    if (threadIdx.x == 0) { out[0] = s1[0]; out[1] = s2[0]; }
+}
 """
 
 _PARTIAL_SUMS = _REDUCE_PAIR + r"""
@@ -79,14 +87,7 @@ extern "C" __global__ void bn_partial_sums(
         a += d;
         b += d * d;
     }
-    s1[threadIdx.x] = a;
-    s2[threadIdx.x] = b;
-    __syncthreads();
-    block_sum_pair(s1, s2);
-    if (threadIdx.x == 0) {
-        partial[((long long)c * slices + s) * 2] = s1[0];
-        partial[((long long)c * slices + s) * 2 + 1] = s2[0];
-    }
+    store_block_sums(s1, s2, a, b, partial + ((long long)c * slices + s) * 2);
 }
 """
 
@@ -224,14 +225,7 @@ extern "C" __global__ void bn_partial_grad_sums(
         a += g;
         b += g * (double)(x[n * sn + c * sc + p] - mean);
     }
-    s1[threadIdx.x] = a;
-    s2[threadIdx.x] = b;
-    __syncthreads();
-    block_sum_pair(s1, s2);
-    if (threadIdx.x == 0) {
-        partial[((long long)c * slices + s) * 2] = s1[0];
-        partial[((long long)c * slices + s) * 2 + 1] = s2[0];
-    }
+    store_block_sums(s1, s2, a, b, partial + ((long long)c * slices + s) * 2);
 }
 """
 
